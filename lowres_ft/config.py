@@ -1,0 +1,147 @@
+"""RunConfig: the one object that flows from a notebook's parameters cell into the library.
+
+Field names are flat and unique so the same names serve the parameters cell, recipes, CLI flags
+and the run folder's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+
+DATA_FORMATS = ("auto", "text", "csv", "tsv", "jsonl", "json", "hf_dataset")
+DEDUP_MODES = ("none", "exact", "near")
+UNSAFE_PRESETS = ("none", "sensitive")
+
+
+class ConfigError(ValueError):
+    """A RunConfig value is wrong; the message says which field and what to use instead."""
+
+
+@dataclass
+class RunConfig:
+    # --- run folder -------------------------------------------------------------------------
+    run_dir: str = "runs/demo"  # where config, data, logs and artefacts of this run go
+    seed: int = 42  # one seed for splits, sampling and training
+
+    # --- data -------------------------------------------------------------------------------
+    data_path: str = "../shared/data/bn_instruct/bn_instruct.jsonl"  # file or folder to load
+    data_format: str = "auto"  # auto | text | csv | tsv | jsonl | json | hf_dataset
+    encoding: str = "utf-8"  # how to decode the file, e.g. "utf-16" or "cp1252" if not UTF-8
+    question_column: str = ""  # CSV/JSON column with the user turn ("" = detect)
+    answer_column: str = ""  # CSV/JSON column with the assistant turn ("" = detect)
+    max_rows: int = 0  # read at most this many rows (0 = all); for quick trials
+
+    # --- language and cleaning ----------------------------------------------------------------
+    language: str = "bn"  # as | bn | hi | en | mr | ne | ... or a Unicode script name ("Tamil")
+    normalize: bool = True  # NFC plus Indic fixes (stray ZWJ/ZWNJ, danda look-alikes, ৰ/র)
+    min_script_ratio: float = 0.5  # share of letters that must be in the language's script
+    check_language: bool = True  # reject Bengali rows in an Assamese run and vice versa
+    dedup: str = "near"  # none | exact | near (MinHash LSH)
+    near_dup_threshold: float = 0.8  # Jaccard similarity above which two rows are duplicates
+    min_chars: int = 2  # shortest message (characters) that is kept
+    max_chars: int = 8000  # longest row (characters, all turns together) that is kept
+    unsafe_preset: str = "none"  # none | sensitive (PII and self-harm phrases)
+    unsafe_patterns: list[str] = field(default_factory=list)  # extra regexes that reject a row
+    reflective_prefixes: bool = False  # start replies with an empathetic reflection
+
+    # --- split and formatting -------------------------------------------------------------
+    val_fraction: float = 0.2  # share of rows held out for validation
+    model_name: str = "embedded"  # "embedded" (SmolLM2-135M-Instruct), a local folder or hub id
+    system_prompt: str = ""  # optional system turn put before every conversation
+    max_seq_length: int = 512  # tokens per training example
+    trust_remote_code: bool = False  # run code shipped with a hub model (off unless asked)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> RunConfig:
+        """Check every field once, with errors that name the field and the fix."""
+        _one_of("data_format", self.data_format, DATA_FORMATS)
+        _one_of("dedup", self.dedup, DEDUP_MODES)
+        _one_of("unsafe_preset", self.unsafe_preset, UNSAFE_PRESETS)
+        if not 0.0 <= self.min_script_ratio <= 1.0:
+            raise ConfigError(f"min_script_ratio={self.min_script_ratio}: use a share in [0, 1].")
+        if not 0.0 < self.near_dup_threshold <= 1.0:
+            raise ConfigError(
+                f"near_dup_threshold={self.near_dup_threshold}: use a Jaccard similarity in (0, 1]."
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction}: use a share in [0, 1), e.g. 0.2.")
+        if self.min_chars < 1 or self.max_chars <= self.min_chars:
+            raise ConfigError(
+                f"min_chars={self.min_chars}, max_chars={self.max_chars}: "
+                "need 1 <= min_chars < max_chars."
+            )
+        if self.max_seq_length < 16:
+            raise ConfigError(f"max_seq_length={self.max_seq_length}: use at least 16 tokens.")
+        if self.max_rows < 0:
+            raise ConfigError(f"max_rows={self.max_rows}: use 0 for all rows or a positive limit.")
+        if not isinstance(self.unsafe_patterns, list):
+            raise ConfigError("unsafe_patterns: give a list of regular expressions, e.g. ['foo'].")
+        # Imported here: scripts imports nothing from config, and config stays cheap to import.
+        from lowres_ft.data.scripts import script_for_language
+
+        script_for_language(self.language)  # raises ConfigError-compatible ValueError if unknown
+        return self
+
+    # --- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        unknown = set(values) - cls.field_names()
+        if unknown:
+            raise ConfigError(
+                f"unknown RunConfig field(s): {', '.join(sorted(unknown))}. "
+                f"Known fields: {', '.join(sorted(cls.field_names()))}."
+            )
+        return cls(**values)
+
+    def save(self, run_dir: str | Path | None = None) -> Path:
+        folder = Path(run_dir or self.run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / CONFIG_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", "utf-8")
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | Path, **overrides: Any) -> RunConfig:
+        """Inherit a run's saved config; overrides win and are logged so a reader sees them."""
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.exists():
+            raise ConfigError(
+                f"{path} not found: run notebooks/01_data_prep.ipynb with run_dir={str(run_dir)!r}"
+                " first, or point run_dir at an existing run folder."
+            )
+        values = json.loads(path.read_text("utf-8"))
+        values = {k: v for k, v in values.items() if k in cls.field_names()}
+        for name, value in overrides.items():
+            if name in values and values[name] != value:
+                logger.info("override %s: %r -> %r", name, values[name], value)
+        values.update(overrides)
+        return cls.from_dict(values)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r}: use one of {', '.join(allowed)}.")
+
+
+def make_config(**parameters: Any) -> RunConfig:
+    """Build and validate the run's config from a notebook's parameters (globals() is fine)."""
+    known = RunConfig.field_names()
+    return RunConfig.from_dict({k: v for k, v in parameters.items() if k in known})
