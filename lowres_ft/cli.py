@@ -1,0 +1,96 @@
+"""`lowres-ft`: the command line over the same notebooks and library calls.
+
+lowres-ft prepare --data-path corpus.txt --language as --run-dir runs/as1
+lowres-ft run --run-dir runs/demo            # every stage, on the embedded defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Any
+
+from lowres_ft.config import ConfigError, RunConfig
+from lowres_ft.notebooks import STAGES, run_notebook, run_pipeline
+
+_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(RunConfig)}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One --flag per RunConfig field; only flags given on the command line are passed on."""
+    defaults = RunConfig()
+    for field in dataclasses.fields(RunConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"(default {default})",
+            )
+        elif isinstance(default, list):
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                action="append",
+                default=argparse.SUPPRESS,
+                help="repeat for several values",
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                type=type(default),
+                default=argparse.SUPPRESS,
+                help=f"(default {default!r})",
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lowres-ft",
+        description="Fine-tune open LLMs into chat assistants for low-resource languages. "
+        "Each command runs a numbered notebook under papermill into --run-dir, so the run "
+        "folder holds the executed notebook, config, data, report and artefacts.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    prepare = commands.add_parser(
+        "prepare",
+        help="clean, split and report on a dataset (notebook 01)",
+        description="Load a text/CSV/JSONL/JSON file or datasets folder, clean it, split it "
+        "and write data/train.jsonl, data/validation.jsonl, data/rejects.jsonl and a report.",
+    )
+    _add_config_flags(prepare)
+    run = commands.add_parser(
+        "run",
+        help="run every stage in order (the demo pipeline)",
+        description=f"Run the stages {', '.join(STAGES)} on one run folder.",
+    )
+    _add_config_flags(run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    parameters: dict[str, Any] = args
+    try:
+        if command == "prepare":
+            output = run_notebook("prepare", parameters)
+            print(f"executed notebook: {output}")
+        elif command == "run":
+            for output in run_pipeline(parameters):
+                print(f"executed notebook: {output}")
+    except ConfigError as error:
+        print(f"lowres-ft: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Static checks of every notebook, and papermill runs of each on real data and the embedded
+model. The static checks name the fix when they fail."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from lowres_ft.config import ConfigError, RunConfig
+from lowres_ft.notebooks import NOTEBOOKS_DIR, STAGES, check_parameters, run_notebook
+
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+
+
+def parameters_cell(path: Path) -> nbformat.NotebookNode:
+    cells = [
+        c for c in nbformat.read(path, as_version=4).cells
+        if "parameters" in c.metadata.get("tags", [])
+    ]
+    assert len(cells) == 1, f"{path.name}: tag exactly one cell 'parameters' (found {len(cells)})"
+    return cells[0]
+
+
+def test_every_stage_has_its_notebook():
+    assert {p.name for p in NOTEBOOKS} >= set(STAGES.values())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_without_outputs(path):
+    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, (
+                f"{path.name} cell {index} has outputs: clear them "
+                "(Jupyter: Edit > Clear All Outputs, or `jupyter nbconvert --clear-output`)."
+            )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_are_runconfig_fields_with_help(path):
+    cell = parameters_cell(path)
+    tree = ast.parse(cell.source)
+    names = []
+    for node in tree.body:
+        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), (
+            f"{path.name}: the parameters cell holds only literal assignments, found "
+            f"{ast.unparse(node)!r}"
+        )
+        names.append(node.targets[0].id)
+    unknown = set(names) - RunConfig.field_names()
+    assert not unknown, f"{path.name}: {unknown} are not RunConfig fields; add them or rename"
+    for line in cell.source.splitlines():
+        assert "  # " in line, f"{path.name}: give each parameter a '# help' comment: {line!r}"
+    # papermill must parse every line, or it silently ignores an override of that name.
+    assert set(papermill.inspect_notebook(str(path))) == set(names)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameter_defaults_build_a_valid_config(path):
+    values: dict = {}
+    exec(parameters_cell(path).source, {}, values)
+    RunConfig(**values)
+
+
+def test_runner_rejects_a_misspelt_parameter_before_papermill_starts():
+    with pytest.raises(ConfigError, match="unknown parameter.*langauge"):
+        check_parameters({"langauge": "as"})
+
+
+@pytest.mark.notebook
+def test_data_prep_notebook_on_real_bengali_data(tmp_path, shared_data):
+    run_dir = tmp_path / "bn"
+    run_notebook(
+        "prepare",
+        {"run_dir": str(run_dir), "language": "bn",
+         "data_path": str(shared_data / "bn_instruct" / "bn_instruct.jsonl")},
+    )
+    report = json.loads((run_dir / "data" / "report.json").read_text("utf-8"))
+    cleaning = report["cleaning"]
+    assert cleaning["read"] == 2373
+    assert cleaning["kept"] + cleaning["rejected_total"] == cleaning["read"]
+    rejects = (run_dir / "data" / "rejects.jsonl").read_text("utf-8").splitlines()
+    assert len(rejects) == cleaning["rejected_total"]
+    assert report["split"]["train"] + report["split"]["validation"] == cleaning["kept"]
+    assert report["fertility"]["bn"] > report["fertility"]["en"] > 0
+    assert report["script_mix"]["Bengali"] > 0.9
+    for png in ("lengths.png", "cleaning_steps.png"):
+        assert (run_dir / "data" / png).stat().st_size > 10_000
+    saved = RunConfig.load(run_dir)
+    assert saved.language == "bn"
+    executed = nbformat.read(run_dir / "notebooks" / "01_data_prep.ipynb", as_version=4)
+    assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+
+
+@pytest.mark.notebook
+def test_data_prep_notebook_on_real_assamese_chats(tmp_path, shared_data):
+    run_dir = tmp_path / "as"
+    run_notebook(
+        "prepare",
+        {"run_dir": str(run_dir), "language": "as", "val_fraction": 0.25,
+         "data_path": str(shared_data / "as_oasst" / "as_oasst.jsonl")},
+    )
+    report = json.loads((run_dir / "data" / "report.json").read_text("utf-8"))
+    assert report["cleaning"]["read"] == 102
+    # 99 of 102 threads break the user/assistant order: they are cut, not thrown away.
+    assert report["cleaning"]["changed"]["turns_cut"] >= 90
+    assert report["kind"] == "chat"
+    assert report["fertility"]["as"] > report["fertility"]["en"]
+    train = [json.loads(line) for line in (run_dir / "data" / "train.jsonl").open()]
+    for row in train:
+        roles = [m["role"] for m in row["messages"]]
+        assert roles[-1] == "assistant"
+        assert all(a != b for a, b in zip(roles, roles[1:]))
