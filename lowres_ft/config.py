@@ -20,6 +20,11 @@ CONFIG_FILE = "config.json"
 DATA_FORMATS = ("auto", "text", "csv", "tsv", "jsonl", "json", "hf_dataset")
 DEDUP_MODES = ("none", "exact", "near")
 UNSAFE_PRESETS = ("none", "sensitive")
+BACKENDS = ("auto", "unsloth", "hf", "cpu")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PACKING = ("auto", "on", "off")
+SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
+OPTIMIZERS = ("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
 
 class ConfigError(ValueError):
@@ -60,6 +65,37 @@ class RunConfig:
     max_seq_length: int = 512  # tokens per training example
     trust_remote_code: bool = False  # run code shipped with a hub model (off unless asked)
 
+    # --- training ---------------------------------------------------------------------------
+    backend: str = "auto"  # auto | unsloth | hf | cpu (auto: from the hardware; reason printed)
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 from compute 8.0, fp16 below)
+    load_in_4bit: bool = True  # QLoRA: NF4 4-bit base weights on a GPU (the CPU trains fp32)
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)
+    lora_dropout: float = 0.05  # dropout on the LoRA path
+    lora_target_modules: str = "all-linear"  # "all-linear" or e.g. "q_proj,k_proj,v_proj,o_proj"
+    use_rslora: bool = False  # rank-stabilised LoRA scaling
+    batch_size: int = 4  # sequences per device per step
+    gradient_accumulation_steps: int = 1  # steps summed before each optimizer update
+    learning_rate: float = 2e-4  # peak learning rate
+    num_train_epochs: float = 1.0  # passes over the training data (when max_steps is 0)
+    max_steps: int = 0  # stop after this many optimizer steps (0: use num_train_epochs)
+    lr_scheduler_type: str = "cosine"  # cosine | linear | constant_with_warmup | constant
+    warmup_ratio: float = 0.05  # share of steps spent warming up the learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    packing: str = "auto"  # auto | on | off (auto: padding-free packing where attention allows)
+    gradient_checkpointing: bool = True  # recompute activations: much less memory, ~30% slower
+    optim: str = "auto"  # auto (paged 8-bit AdamW on GPU, AdamW on CPU) or a named optimizer
+    logging_steps: int = 5  # log loss, learning rate and speed every N steps
+    eval_steps: int = 50  # evaluate on the validation split every N steps (0: only at the end)
+    eval_max_rows: int = 0  # evaluate on at most this many validation rows (0: all)
+    save_steps: int = 50  # checkpoint every N steps
+    save_minutes: float = 10.0  # ...and at least every M minutes (a Colab session can drop)
+    save_total_limit: int = 2  # keep the last K checkpoints
+    checkpoint_dir: str = ""  # where checkpoints go ("": <run_dir>/checkpoints; may be on Drive)
+    resume: bool = False  # continue from the latest checkpoint after a disconnect or crash
+    auto_batch: bool = False  # shrink batch size (raising accumulation) until pre-flight fits
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -85,6 +121,31 @@ class RunConfig:
             raise ConfigError(f"max_seq_length={self.max_seq_length}: use at least 16 tokens.")
         if self.max_rows < 0:
             raise ConfigError(f"max_rows={self.max_rows}: use 0 for all rows or a positive limit.")
+        _one_of("backend", self.backend, BACKENDS)
+        _one_of("precision", self.precision, PRECISIONS)
+        _one_of("packing", self.packing, PACKING)
+        _one_of("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
+        _one_of("optim", self.optim, OPTIMIZERS)
+        for name in (
+            "lora_r",
+            "lora_alpha",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: use a whole number >= 1.")
+        if not 0.0 <= self.lora_dropout < 1.0 or not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("lora_dropout and warmup_ratio are shares in [0, 1).")
+        if self.learning_rate <= 0 or self.learning_rate > 1e-2:
+            raise ConfigError(
+                f"learning_rate={self.learning_rate}: LoRA trains well at 1e-5..1e-3 "
+                "(2e-4 is usual)."
+            )
+        if self.max_steps < 0 or self.num_train_epochs <= 0:
+            raise ConfigError("max_steps >= 0 (0: use epochs) and num_train_epochs > 0, please.")
         if not isinstance(self.unsafe_patterns, list):
             raise ConfigError("unsafe_patterns: give a list of regular expressions, e.g. ['foo'].")
         # Imported here: scripts imports nothing from config, and config stays cheap to import.

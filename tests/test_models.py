@@ -32,10 +32,13 @@ def test_embedded_model_loads_from_the_converted_folder_with_matching_ids(tokeni
 
 
 def test_every_formatted_reply_ends_with_the_eos_token(tokenizer):
-    record = Record("x", [
-        {"role": "user", "content": "নমস্কার"},
-        {"role": "assistant", "content": "নমস্কার! কেমন আছেন?"},
-    ])
+    record = Record(
+        "x",
+        [
+            {"role": "user", "content": "নমস্কার"},
+            {"role": "assistant", "content": "নমস্কার! কেমন আছেন?"},
+        ],
+    )
     text = format_record(record, tokenizer)
     assert text.rstrip("\n").endswith("নমস্কার! কেমন আছেন?<|im_end|>")
     assert format_record(Record("y", text="অসম"), tokenizer) == "অসম<|im_end|>"

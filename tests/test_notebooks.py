@@ -19,7 +19,8 @@ NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 
 def parameters_cell(path: Path) -> nbformat.NotebookNode:
     cells = [
-        c for c in nbformat.read(path, as_version=4).cells
+        c
+        for c in nbformat.read(path, as_version=4).cells
         if "parameters" in c.metadata.get("tags", [])
     ]
     assert len(cells) == 1, f"{path.name}: tag exactly one cell 'parameters' (found {len(cells)})"
@@ -76,8 +77,11 @@ def test_data_prep_notebook_on_real_bengali_data(tmp_path, shared_data):
     run_dir = tmp_path / "bn"
     run_notebook(
         "prepare",
-        {"run_dir": str(run_dir), "language": "bn",
-         "data_path": str(shared_data / "bn_instruct" / "bn_instruct.jsonl")},
+        {
+            "run_dir": str(run_dir),
+            "language": "bn",
+            "data_path": str(shared_data / "bn_instruct" / "bn_instruct.jsonl"),
+        },
     )
     report = json.loads((run_dir / "data" / "report.json").read_text("utf-8"))
     cleaning = report["cleaning"]
@@ -101,8 +105,12 @@ def test_data_prep_notebook_on_real_assamese_chats(tmp_path, shared_data):
     run_dir = tmp_path / "as"
     run_notebook(
         "prepare",
-        {"run_dir": str(run_dir), "language": "as", "val_fraction": 0.25,
-         "data_path": str(shared_data / "as_oasst" / "as_oasst.jsonl")},
+        {
+            "run_dir": str(run_dir),
+            "language": "as",
+            "val_fraction": 0.25,
+            "data_path": str(shared_data / "as_oasst" / "as_oasst.jsonl"),
+        },
     )
     report = json.loads((run_dir / "data" / "report.json").read_text("utf-8"))
     assert report["cleaning"]["read"] == 102
@@ -114,4 +122,4 @@ def test_data_prep_notebook_on_real_assamese_chats(tmp_path, shared_data):
     for row in train:
         roles = [m["role"] for m in row["messages"]]
         assert roles[-1] == "assistant"
-        assert all(a != b for a, b in zip(roles, roles[1:]))
+        assert all(a != b for a, b in zip(roles, roles[1:], strict=False))

@@ -20,7 +20,9 @@ def _prompts(path):
 def test_split_is_seeded_near_80_20_and_leaks_no_duplicate(tmp_path, shared_data):
     # dedup off, so the repeated conversations in this file reach the split
     config = RunConfig(
-        run_dir=str(tmp_path), language="en", dedup="none",
+        run_dir=str(tmp_path),
+        language="en",
+        dedup="none",
         data_path=str(shared_data / "sharegpt_glaive" / "sharegpt_glaive.jsonl"),
     )
     first = prepare_data(config, progress=False)
@@ -46,7 +48,9 @@ def test_split_keeps_a_training_group_even_at_a_large_fraction():
 
 def test_raw_text_becomes_continued_pretraining_rows(tmp_path, shared_data):
     config = RunConfig(
-        run_dir=str(tmp_path), language="as", max_rows=200,
+        run_dir=str(tmp_path),
+        language="as",
+        max_rows=200,
         data_path=str(shared_data / "as_news" / "as_news.txt"),
     )
     prepared = prepare_data(config, progress=False)
@@ -58,8 +62,12 @@ def test_raw_text_becomes_continued_pretraining_rows(tmp_path, shared_data):
 
 def test_system_prompt_and_reflective_prefix_reach_the_training_file(tmp_path, shared_data):
     config = RunConfig(
-        run_dir=str(tmp_path), language="bn", max_rows=50, val_fraction=0.0,
-        system_prompt="তুমি একজন সহায়ক।", reflective_prefixes=True,
+        run_dir=str(tmp_path),
+        language="bn",
+        max_rows=50,
+        val_fraction=0.0,
+        system_prompt="তুমি একজন সহায়ক।",
+        reflective_prefixes=True,
         data_path=str(shared_data / "bn_instruct" / "bn_instruct.jsonl"),
     )
     prepared = prepare_data(config, progress=False)
@@ -72,6 +80,10 @@ def test_system_prompt_and_reflective_prefix_reach_the_training_file(tmp_path, s
 def test_split_key_groups_by_the_first_user_turn():
     from lowres_ft.data.load import Record
 
-    a = Record("a", [{"role": "user", "content": "কেমন আছ?"}, {"role": "assistant", "content": "ভালো"}])
-    b = Record("b", [{"role": "user", "content": "কেমন  আছ"}, {"role": "assistant", "content": "খারাপ"}])
+    a = Record(
+        "a", [{"role": "user", "content": "কেমন আছ?"}, {"role": "assistant", "content": "ভালো"}]
+    )
+    b = Record(
+        "b", [{"role": "user", "content": "কেমন  আছ"}, {"role": "assistant", "content": "খারাপ"}]
+    )
     assert split_key(a) == split_key(b)

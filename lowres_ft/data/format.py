@@ -49,3 +49,46 @@ def format_record(record: Record | dict[str, Any], tokenizer: Any) -> str:
     if record.text is not None:
         return record.text + (tokenizer.eos_token or "")
     return tokenizer.apply_chat_template(record.messages, tokenize=False)
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be used for reply-only loss; the message says why."""
+
+
+def tokenize_for_training(record: Record | dict[str, Any], tokenizer: Any) -> dict[str, list[int]]:
+    """Token ids and a mask that is 1 on assistant-reply tokens (their end-of-turn token
+    included) and 0 on system/user tokens, so the loss trains replies only.
+
+    Works with any chat template that renders a conversation's prefix as a prefix of the whole
+    (TRL's own masks need `{% generation %}` markers, which most templates, SmolLM2's included,
+    lack). Raw text records train on every token and end with EOS.
+    """
+    if isinstance(record, dict):
+        record = Record(record.get("source", ""), record.get("messages", []), record.get("text"))
+    if record.text is not None:
+        ids = tokenizer(record.text, add_special_tokens=False)["input_ids"]
+        ids = [*ids, tokenizer.eos_token_id]
+        return {"input_ids": ids, "assistant_masks": [1] * len(ids)}
+    text = tokenizer.apply_chat_template(record.messages, tokenize=False)
+    spans = []
+    for index, message in enumerate(record.messages):
+        if message["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(
+            record.messages[:index], tokenize=False, add_generation_prompt=True
+        )
+        through = tokenizer.apply_chat_template(record.messages[: index + 1], tokenize=False)
+        if not (text.startswith(before) and text.startswith(through)):
+            raise TemplateError(
+                f"{record.source}: the chat template renders a conversation's start differently "
+                "from the whole, so reply tokens cannot be located; use a model whose template "
+                "is prefix-preserving (ChatML, Llama 3, Gemma are)."
+            )
+        end = len(through.rstrip())  # the turn's end token is trained; the newline after is not
+        spans.append((len(before), end))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [
+        int(any(start < span_end and end > span_start for span_start, span_end in spans))
+        for start, end in encoded["offset_mapping"]
+    ]
+    return {"input_ids": encoded["input_ids"], "assistant_masks": mask}

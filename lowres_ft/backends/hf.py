@@ -1,0 +1,59 @@
+"""transformers + peft: QLoRA on a 4-bit NF4 base (bitsandbytes, double quantisation) on any
+CUDA GPU, and plain LoRA in fp32 on the CPU."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lowres_ft.backends import BackendChoice, target_modules, torch_dtype
+from lowres_ft.config import RunConfig
+from lowres_ft.models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+class HFBackend:
+    def load(self, config: RunConfig, choice: BackendChoice, tokenizer: Any) -> Any:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch_dtype(choice.precision)
+        kwargs: dict[str, Any] = {
+            "dtype": dtype,
+            "trust_remote_code": config.trust_remote_code,
+            "attn_implementation": "sdpa",
+        }
+        if choice.name != "cpu":
+            kwargs["device_map"] = {"": 0}
+        if choice.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+                bnb_4bit_quant_storage=dtype,
+            )
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(config.model_name), **kwargs)
+        if choice.load_in_4bit:
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=config.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=target_modules(config),
+            use_rslora=config.use_rslora,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)
+
+    def for_inference(self, model: Any) -> Any:
+        model.eval()
+        return model

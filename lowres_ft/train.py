@@ -1,0 +1,614 @@
+"""Training with TRL's SFTTrainer that never dies halfway: pre-flight on the worst-case batch,
+time- and step-based checkpoints, resume, a NaN guard, memory and speed logs, and a run folder
+that holds everything.
+
+The stages are separate calls so the notebook can show each one; `train(config)` runs them all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lowres_ft.backends import BackendChoice, Hardware, choose_backend, detect_hardware, get_backend
+from lowres_ft.config import RunConfig
+from lowres_ft.data.format import tokenize_for_training
+from lowres_ft.data.prepare import DATA_DIR, TRAIN_FILE, VALIDATION_FILE
+from lowres_ft.memory import GIB, MemoryStats, memory_stats, model_footprint, reset_peak
+from lowres_ft.models import load_tokenizer
+from lowres_ft.runs import start_run
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
+METRICS_FILE = "metrics.jsonl"
+EXPERIMENT_FILE = "experiment.json"
+LOSS_PNG = "loss.png"
+USABLE_SHARE = 0.92  # of the card: CUDA context, allocator fragmentation and other processes
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message has the numbers and what to change."""
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+
+def build_datasets(config: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
+    """Tokenised train and validation sets with reply-only masks, from the run's data folder."""
+    import datasets
+
+    folder = Path(config.run_dir) / DATA_DIR
+    for name in (TRAIN_FILE, VALIDATION_FILE):
+        if not (folder / name).exists():
+            raise TrainingError(
+                f"{folder / name} not found: run notebooks/01_data_prep.ipynb (or `lowres-ft "
+                f"prepare`) with run_dir={config.run_dir!r} first."
+            )
+
+    def load(name: str, limit: int) -> Any:
+        rows = [json.loads(line) for line in (folder / name).open(encoding="utf-8")]
+        if limit:
+            rows = rows[:limit]
+        tokenized = [tokenize_for_training(row, tokenizer) for row in rows]
+        return datasets.Dataset.from_list(tokenized)
+
+    train = load(TRAIN_FILE, 0)
+    if len(train) == 0:
+        raise TrainingError(f"{folder / TRAIN_FILE} is empty: check data/rejects.jsonl.")
+    validation = load(VALIDATION_FILE, config.eval_max_rows)
+    return train, validation
+
+
+def check_stop_contract(tokenizer: Any, train_dataset: Any) -> dict[str, Any]:
+    """Every reply must end with the token generation stops on, and padding must be another
+    token; otherwise the model never learns to stop (or learns to stop on padding)."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos is None:
+        raise TrainingError("the tokenizer has no EOS token: set tokenizer.eos_token first.")
+    if pad is None or pad == eos:
+        raise TrainingError(
+            f"pad token {tokenizer.pad_token!r} is missing or equal to EOS "
+            f"{tokenizer.eos_token!r}: "
+            "padding would teach the model to stop anywhere (or never). Set a distinct pad token."
+        )
+    checked = min(len(train_dataset), 200)
+    for row in train_dataset.select(range(checked)):
+        ids, mask = row["input_ids"], row["assistant_masks"]
+        trained = [i for i, m in zip(ids, mask, strict=True) if m]
+        if not trained or trained[-1] != eos:
+            raise TrainingError(
+                f"a training row's reply does not end with EOS {tokenizer.eos_token!r}: the chat "
+                "template and the tokenizer's EOS disagree, so the model would not learn to stop."
+            )
+    return {"eos": tokenizer.eos_token, "pad": tokenizer.pad_token, "rows_checked": checked}
+
+
+# --- trainer set-up -------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingSetup:
+    """Everything the notebook shows between loading and training."""
+
+    config: RunConfig
+    hardware: Hardware
+    choice: BackendChoice
+    tokenizer: Any
+    model: Any
+    trainer: Any
+    train_dataset: Any
+    eval_dataset: Any
+    packing: bool
+    memory: list[MemoryStats] = field(default_factory=list)
+    footprint: dict[str, float] = field(default_factory=dict)
+    stop_contract: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return checkpoint_dir(self.config)
+
+
+def checkpoint_dir(config: RunConfig) -> Path:
+    return (
+        Path(config.checkpoint_dir)
+        if config.checkpoint_dir
+        else Path(config.run_dir) / "checkpoints"
+    )
+
+
+def use_packing(config: RunConfig, choice: BackendChoice) -> bool:
+    """Padding-free packing needs attention that respects sequence boundaries (Unsloth's, or
+    flash-attention); with SDPA packed rows would attend across each other."""
+    if config.packing != "auto":
+        return config.packing == "on"
+    return choice.name == "unsloth"
+
+
+def sft_config(config: RunConfig, choice: BackendChoice, packing: bool) -> Any:
+    from trl import SFTConfig
+
+    on_gpu = choice.name != "cpu"
+    optim = config.optim
+    if optim == "auto":
+        optim = "paged_adamw_8bit" if on_gpu and choice.load_in_4bit else "adamw_torch"
+    eval_steps = config.eval_steps or None
+    return SFTConfig(
+        output_dir=str(checkpoint_dir(config)),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps or -1,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the steps
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=optim,
+        bf16=choice.precision == "bf16",  # explicit: TRL's default would pick bf16 on a T4
+        fp16=choice.precision == "fp16",
+        use_cpu=not on_gpu,
+        gradient_checkpointing=config.gradient_checkpointing and choice.name != "unsloth",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        max_length=config.max_seq_length,
+        packing=packing,
+        padding_free=packing,
+        train_sampling_strategy="random" if packing else "group_by_length",
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        eval_on_start=not config.resume,
+        prediction_loss_only=True,  # never keep full-vocabulary logits across eval batches
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def setup_training(config: RunConfig, hardware: Hardware | None = None) -> TrainingSetup:
+    """Choose the backend, load the model with LoRA, tokenise the data, build the trainer."""
+    from trl import SFTTrainer
+
+    start_run(config)
+    hardware = hardware or detect_hardware()
+    choice = choose_backend(config, hardware)
+    logger.info("%s", choice)
+    memory = [memory_stats("before load")]
+    tokenizer = load_tokenizer(config.model_name, config.trust_remote_code)
+    model = get_backend(choice).load(config, choice, tokenizer)
+    memory.append(memory_stats("after load"))
+    train_dataset, eval_dataset = build_datasets(config, tokenizer)
+    contract = check_stop_contract(tokenizer, train_dataset)
+    packing = use_packing(config, choice)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(config, choice, packing),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+    keep_adapters_in_fp32(trainer.model, choice)
+    setup = TrainingSetup(
+        config,
+        hardware,
+        choice,
+        tokenizer,
+        trainer.model,
+        trainer,
+        train_dataset,
+        eval_dataset,
+        packing,
+        memory,
+        model_footprint(trainer.model),
+        contract,
+    )
+    trainer.add_callback(MetricsCallback(setup))
+    trainer.add_callback(NanGuard())
+    trainer.add_callback(TimedCheckpoints(config.save_minutes))
+    return setup
+
+
+def keep_adapters_in_fp32(model: Any, choice: BackendChoice) -> None:
+    """TRL casts a quantized model's trainable LoRA weights to bf16. On a GPU without native
+    bf16 (T4, P100, V100) that is emulated and breaks fp16 loss scaling, so cast them back."""
+    import torch
+
+    if choice.precision == "bf16":
+        return
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+
+
+def adapter_dtypes(model: Any) -> set[str]:
+    return {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
+
+
+# --- pre-flight ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Preflight:
+    batch_size: int
+    gradient_accumulation_steps: int
+    sequence_length: int
+    train_peak_gib: float  # forward + backward on the worst-case batch, measured
+    eval_peak_gib: float  # forward on the worst-case evaluation batch, measured
+    optimizer_gib: float  # AdamW states for the trainable weights, computed
+    predicted_peak_gib: float
+    card_gib: float
+    usable_gib: float
+    fits: bool
+    step_seconds: float  # of the worst-case step; an upper bound for a step's time
+    advice: str
+
+    def __str__(self) -> str:
+        if not self.card_gib:
+            return (
+                f"pre-flight on CPU: worst-case step ({self.batch_size} x {self.sequence_length} "
+                f"tokens) took {self.step_seconds:.1f} s. {self.advice}"
+            )
+        verdict = "fits" if self.fits else "DOES NOT FIT"
+        return (
+            f"pre-flight: batch {self.batch_size} x {self.sequence_length} tokens, predicted peak "
+            f"{self.predicted_peak_gib:.2f} GiB (train {self.train_peak_gib:.2f} + optimizer "
+            f"{self.optimizer_gib:.2f}; eval {self.eval_peak_gib:.2f}) of {self.usable_gib:.1f} "
+            f"usable GiB: {verdict}. {self.advice}"
+        )
+
+
+def _worst_case_batch(setup: TrainingSetup, batch_size: int) -> dict[str, Any]:
+    """`batch_size` copies of the longest training row, at the longest length the run sees."""
+    import torch
+
+    lengths = setup.train_dataset["input_ids"]
+    longest = max(range(len(lengths)), key=lambda i: len(lengths[i]))
+    ids = list(setup.train_dataset[longest]["input_ids"])
+    length = (
+        setup.config.max_seq_length if setup.packing else min(len(ids), setup.config.max_seq_length)
+    )
+    ids = (ids * (length // len(ids) + 1))[:length]
+    input_ids = torch.tensor([ids] * batch_size)
+    return {
+        "input_ids": input_ids,
+        "labels": input_ids.clone(),
+        "attention_mask": torch.ones_like(input_ids),
+    }
+
+
+def _optimizer_bytes(setup: TrainingSetup) -> int:
+    """Two AdamW moments per trainable weight: fp32 (8 bytes), or 8-bit (2 bytes)."""
+    optim = setup.trainer.args.optim
+    per_weight = 2 if "8bit" in str(optim) else 8
+    return int(setup.footprint["trainable_params"] * per_weight)
+
+
+def preflight(setup: TrainingSetup) -> Preflight:
+    """One forward+backward (through the trainer's own training step) and one evaluation step
+    on the worst-case batch, before any time is spent. With auto_batch the batch size halves
+    (accumulation doubles, so the effective batch stays) until the run fits."""
+    config = setup.config
+    batch, accumulation = config.batch_size, config.gradient_accumulation_steps
+    while True:
+        result = _measure(setup, batch, accumulation)
+        if result.fits or not config.auto_batch or batch == 1:
+            break
+        batch, accumulation = batch // 2, accumulation * 2
+    if (batch, accumulation) != (config.batch_size, config.gradient_accumulation_steps):
+        setup.trainer.args.per_device_train_batch_size = batch
+        setup.trainer.args.per_device_eval_batch_size = batch
+        setup.trainer.args.gradient_accumulation_steps = accumulation
+        config.batch_size, config.gradient_accumulation_steps = batch, accumulation
+        config.save()
+    setup.memory.append(memory_stats("after pre-flight"))
+    return result
+
+
+def _measure(setup: TrainingSetup, batch: int, accumulation: int) -> Preflight:
+    import torch
+
+    trainer, model = setup.trainer, setup.model
+    inputs = _worst_case_batch(setup, batch)
+    length = inputs["input_ids"].shape[1]
+    on_gpu = setup.hardware.device == "cuda"
+    trainer.current_gradient_accumulation_steps = accumulation  # set by train(); not there yet
+    reset_peak()
+    started = time.perf_counter()
+    try:
+        trainer.training_step(model, trainer._prepare_inputs(inputs))
+        if on_gpu:
+            torch.cuda.synchronize()
+        step_seconds = time.perf_counter() - started
+        train_peak = torch.cuda.max_memory_allocated() / GIB if on_gpu else 0.0
+        model.zero_grad(set_to_none=True)
+        reset_peak()
+        trainer.prediction_step(model, trainer._prepare_inputs(inputs), prediction_loss_only=True)
+        eval_peak = torch.cuda.max_memory_allocated() / GIB if on_gpu else 0.0
+    except torch.OutOfMemoryError:
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        train_peak = eval_peak = float("inf")
+        step_seconds = float("nan")
+    finally:
+        model.train()
+    optimizer = _optimizer_bytes(setup) / GIB
+    card = setup.hardware.memory_gib
+    usable = card * USABLE_SHARE
+    predicted = max(train_peak + optimizer, eval_peak)
+    fits = not on_gpu or predicted <= usable
+    if not on_gpu:
+        steps = _planned_steps(setup, batch, accumulation)
+        minutes = steps * accumulation * step_seconds / 60
+        advice = f"{steps} steps planned: about {minutes:.0f} min at most."
+    elif fits:
+        advice = f"headroom {usable - predicted:.1f} GiB."
+    else:
+        advice = (
+            "Lower batch_size (raise gradient_accumulation_steps to keep the effective batch), "
+            "lower max_seq_length, keep load_in_4bit and gradient_checkpointing on, or set "
+            "auto_batch=True."
+        )
+    return Preflight(
+        batch,
+        accumulation,
+        length,
+        round(train_peak, 3),
+        round(eval_peak, 3),
+        round(optimizer, 3),
+        round(predicted, 3),
+        card,
+        round(usable, 2),
+        fits,
+        round(step_seconds, 3),
+        advice,
+    )
+
+
+def _planned_steps(setup: TrainingSetup, batch: int, accumulation: int) -> int:
+    config = setup.config
+    if config.max_steps:
+        return config.max_steps
+    per_epoch = math.ceil(len(setup.train_dataset) / (batch * accumulation))
+    return math.ceil(per_epoch * config.num_train_epochs)
+
+
+# --- callbacks ------------------------------------------------------------------------------------
+
+
+def _callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class MetricsCallback(_callback_base()):
+    """Appends each log (loss, learning rate, grad norm, step time, tokens/s, memory) to
+    metrics.jsonl; on resume, drops lines past the checkpoint so the log stays continuous."""
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        self.path = Path(setup.config.run_dir) / METRICS_FILE
+        self.on_gpu = setup.hardware.device == "cuda"
+        self._last_time = 0.0
+        self._last_step = 0
+        self._last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text("utf-8").splitlines():
+                if line.strip() and json.loads(line)["step"] <= state.global_step:
+                    kept.append(line)
+        self.path.write_text("".join(f"{line}\n" for line in kept), "utf-8")
+        self._last_time, self._last_step = time.perf_counter(), state.global_step
+        self._last_tokens = state.num_input_tokens_seen
+        reset_peak()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import torch
+
+        now = time.perf_counter()
+        steps = state.global_step - self._last_step
+        tokens = state.num_input_tokens_seen - self._last_tokens
+        row = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **(logs or {})}
+        if steps > 0:
+            row["step_seconds"] = round((now - self._last_time) / steps, 4)
+            row["tokens_per_second"] = round(tokens / max(now - self._last_time, 1e-9), 1)
+            self._last_time, self._last_step, self._last_tokens = (
+                now,
+                state.global_step,
+                state.num_input_tokens_seen,
+            )
+        if self.on_gpu:
+            row["memory_peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
+            row["memory_reserved_gib"] = round(torch.cuda.memory_reserved() / GIB, 3)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+class NanGuard(_callback_base()):
+    """Stops on a NaN/inf loss or one that explodes (fp16 overflow), without saving the bad
+    state: the last good checkpoint stays the latest."""
+
+    def __init__(self, factor: float = 5.0) -> None:
+        self.factor = factor
+        self.history: list[float] = []
+        self.reason = ""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        recent = sorted(self.history[-10:])
+        median = recent[len(recent) // 2] if recent else None
+        if not math.isfinite(loss):
+            self.reason = f"loss is {loss} at step {state.global_step}"
+        elif median is not None and len(recent) >= 3 and loss > max(self.factor * median, 20.0):
+            self.reason = (
+                f"loss exploded to {loss:.2f} at step {state.global_step} (median {median:.2f})"
+            )
+        else:
+            self.history.append(loss)
+            return
+        control.should_training_stop = True
+        control.should_save = False
+
+
+class TimedCheckpoints(_callback_base()):
+    """Saves at least every `minutes`, whatever save_steps says (a Colab session may drop)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60
+        self._last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds and time.monotonic() - self._last >= self.seconds:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self._last = time.monotonic()
+
+
+# --- training and results -------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    adapter_dir: str
+    global_step: int
+    stopped_reason: str
+    seconds: float
+    train_loss: float | None
+    eval_losses: list[tuple[int, float]]
+    tokens_per_second: float
+    peak_memory_gib: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def latest_checkpoint(folder: Path) -> str | None:
+    checkpoints = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    if not checkpoints:
+        return None
+    return str(max(checkpoints, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def run_training(setup: TrainingSetup, preflight_result: Preflight | None = None) -> TrainResult:
+    """Train (resuming if asked), then save the adapter, tokenizer, experiment.json and plot."""
+    import torch
+
+    config, trainer = setup.config, setup.trainer
+    if preflight_result is not None and not preflight_result.fits:
+        raise TrainingError(f"the run would run out of GPU memory: {preflight_result}")
+    resume_from = latest_checkpoint(setup.checkpoint_dir) if config.resume else None
+    if config.resume and resume_from is None:
+        logger.warning("resume=True but no checkpoint in %s: starting fresh", setup.checkpoint_dir)
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError as error:
+        stats = memory_stats("at out-of-memory")
+        raise TrainingError(
+            f"GPU out of memory at step {trainer.state.global_step}: {stats}. Batch "
+            f"{trainer.args.per_device_train_batch_size} x {config.max_seq_length} tokens. Lower "
+            "batch_size or max_seq_length, or set auto_batch=True (pre-flight measures the "
+            f"worst case before step 1). ({error})"
+        ) from None
+    seconds = time.perf_counter() - started
+    guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NanGuard))
+    if guard.reason:
+        raise TrainingError(
+            f"training stopped: {guard.reason}. The last good checkpoint is "
+            f"{latest_checkpoint(setup.checkpoint_dir)}; lower learning_rate, or use "
+            "precision='fp32'/'bf16' if fp16 overflowed, and resume=True."
+        )
+    if config.eval_steps == 0 and setup.eval_dataset is not None and len(setup.eval_dataset):
+        trainer.evaluate()
+    setup.memory.append(memory_stats("end of training"))
+    return save_results(setup, seconds)
+
+
+def save_results(setup: TrainingSetup, seconds: float) -> TrainResult:
+    config, trainer = setup.config, setup.trainer
+    run_dir = Path(config.run_dir)
+    adapter_dir = run_dir / ADAPTER_DIR
+    trainer.model.save_pretrained(adapter_dir)
+    setup.tokenizer.save_pretrained(adapter_dir)
+    history = trainer.state.log_history
+    train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    metrics = read_metrics(run_dir)
+    speeds = [m["tokens_per_second"] for m in metrics if m.get("tokens_per_second")]
+    peak = max((m.get("memory_peak_gib", 0.0) for m in metrics), default=0.0)
+    result = TrainResult(
+        str(run_dir),
+        str(adapter_dir),
+        trainer.state.global_step,
+        "",
+        round(seconds, 1),
+        train_losses[-1][1] if train_losses else None,
+        eval_losses,
+        round(sorted(speeds)[len(speeds) // 2], 1) if speeds else 0.0,
+        peak,
+    )
+    experiment = {
+        "result": result.to_json(),
+        "backend": str(setup.choice),
+        "hardware": str(setup.hardware),
+        "footprint": setup.footprint,
+        "stop_contract": setup.stop_contract,
+        "memory": [m.to_json() for m in setup.memory],
+        "train_losses": train_losses,
+        "eval_losses": eval_losses,
+        "learning_rates": [
+            (h["step"], h["learning_rate"]) for h in history if "learning_rate" in h
+        ],
+        "log": metrics,
+    }
+    (run_dir / EXPERIMENT_FILE).write_text(json.dumps(experiment, indent=2) + "\n", "utf-8")
+    plot_losses(train_losses, eval_losses).savefig(run_dir / LOSS_PNG, dpi=100)
+    return result
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def plot_losses(train_losses: list, eval_losses: list) -> Any:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 3.5))
+    axes = figure.subplots()
+    if train_losses:
+        axes.plot(*zip(*train_losses, strict=True), label="train loss", color="#4c72b0")
+    if eval_losses:
+        axes.plot(*zip(*eval_losses, strict=True), "o-", label="validation loss", color="#dd8452")
+    axes.set(xlabel="step", ylabel="loss (replies only)", title="Loss")
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def train(config: RunConfig) -> TrainResult:
+    """The whole stage: set up, pre-flight, train, save. Used by the CLI and tests."""
+    setup = setup_training(config)
+    result = preflight(setup)
+    logger.info("%s", result)
+    return run_training(setup, result)
