@@ -212,6 +212,20 @@ def find_path(path: str | Path) -> Path:
     return in_checkout if in_checkout.exists() else candidate
 
 
+def inherit_config(run_dir: str, **parameters: Any) -> tuple[RunConfig, dict[str, Any]]:
+    """For notebooks after 01: the run's saved config with this notebook's parameters on top.
+    Returns the config and the overrides (name -> (saved, new)) so the notebook can show them."""
+    saved = RunConfig.load(run_dir)
+    given = {k: v for k, v in parameters.items() if k in RunConfig.field_names()}
+    given["run_dir"] = str(run_dir)
+    overrides = {
+        k: (getattr(saved, k), v)
+        for k, v in given.items()
+        if getattr(saved, k) != v and k != "run_dir"
+    }
+    return RunConfig.load(run_dir, **given), overrides
+
+
 def make_config(**parameters: Any) -> RunConfig:
     """Build and validate the run's config from a notebook's parameters (globals() is fine)."""
     known = RunConfig.field_names()

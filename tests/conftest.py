@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data in ../shared/data beside the checkout."""
+"""Shared fixtures: the real data sets in ``shared/data`` next to the repository checkout."""
 
 from __future__ import annotations
 
@@ -8,9 +8,26 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+DATA_FILES = (
+    "as_news/as_news.txt",
+    "as_en_parallel/as_en_parallel.csv",
+    "as_oasst/as_oasst.jsonl",
+    "bn_instruct/bn_instruct.jsonl",
+    "hi_dailydialog/hi_dailydialog.jsonl",
+    "sharegpt_fastchat/sharegpt_fastchat.jsonl",
+    "sharegpt_glaive/sharegpt_glaive.jsonl",
+)
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} not found: clone the repo next to shared/ (see README).")
+    """The folder with the real data sets; fails (never skips) when it is not there."""
+    missing = [name for name in DATA_FILES if not (SHARED_DATA / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"real test data missing under {SHARED_DATA}: {', '.join(missing)}. The tests read "
+            "shared/data/ from the folder that holds this checkout (clone the repository next "
+            "to shared/, as CI does); do not copy the data into the repository.",
+            pytrace=False,
+        )
     return SHARED_DATA

@@ -118,31 +118,41 @@ def remove_stray_joiners(text: str) -> str:
             after = text[i + 1] if i + 1 < len(text) else ""
             if before not in _VIRAMA and after not in _VIRAMA:
                 continue
-            if before in (ZWJ, ZWNJ):  # a doubled joiner is never needed
+            if out and out[-1] in (ZWJ, ZWNJ):  # a doubled joiner is never needed
                 continue
         out.append(ch)
     return "".join(out)
 
 
-def fix_confusables(text: str, language: str) -> str:
-    """Write Assamese with ৰ and Bengali with র/ব: the keyboards are often mixed up."""
+def fix_confusables(text: str, language: str, verdict: str | None = None) -> str:
+    """Write Assamese with ৰ and Bengali with র/ব: the keyboards are often mixed up.
+
+    `verdict` is `assamese_or_bengali`'s call on the whole row when `text` is one turn of it:
+    a short turn alone often has no tell but a র, which the tie-break calls Bengali."""
     if language == "as" and BENGALI_RA in text:
-        if assamese_or_bengali(text).language in ("as", ""):
+        if verdict is None:
+            verdict = assamese_or_bengali(text).language
+        if verdict in ("as", ""):
             return text.replace(BENGALI_RA, ASSAMESE_RA)
     elif language == "bn" and (ASSAMESE_RA in text or ASSAMESE_WA in text):
-        if assamese_or_bengali(text).language in ("bn", ""):
+        if verdict is None:
+            verdict = assamese_or_bengali(text).language
+        if verdict in ("bn", ""):
             return text.replace(ASSAMESE_RA, BENGALI_RA).replace(ASSAMESE_WA, BENGALI_BA)
     return text
 
 
-def normalize_text(text: str, language: str, changes: Counter[str] | None = None) -> str:
-    """NFC plus the Indic fixes; `changes` counts which rule touched the text."""
+def normalize_text(
+    text: str, language: str, changes: Counter[str] | None = None, verdict: str | None = None
+) -> str:
+    """NFC plus the Indic fixes; `changes` counts which rule touched the text; `verdict` is the
+    Assamese/Bengali call on the whole row (see `fix_confusables`)."""
     rules = (
         ("invisible_chars", lambda t: t.translate(INVISIBLE)),
         ("nfc", lambda t: unicodedata.normalize("NFC", t)),
         ("stray_joiners", remove_stray_joiners),
         ("danda_lookalikes", _fix_dandas),
-        ("confusables", lambda t: fix_confusables(t, language)),
+        ("confusables", lambda t: fix_confusables(t, language, verdict)),
         ("whitespace", _tidy_whitespace),
     )
     for name, rule in rules:
@@ -265,7 +275,9 @@ class Cleaner:
         try:
             self._unsafe = [(p, regex.compile(p)) for p in patterns]
         except regex.error as error:
-            raise ConfigError(f"unsafe_patterns: {error.pattern!r} is not a valid regex: {error}")
+            raise ConfigError(
+                f"unsafe_patterns: {error.pattern!r} is not a valid regex: {error}"
+            ) from None
         self._seen: dict[int, str] = {}
         self._near = (
             NearDuplicateIndex(config.near_dup_threshold) if config.dedup == "near" else None
@@ -349,10 +361,17 @@ class Cleaner:
         if record.text is not None:
             new = Record(record.source, text=normalize_text(record.text, language, changes))
         else:
+            # The ৰ/র fix judges the conversation, not each turn: one Assamese chat, one spelling.
+            verdict = (
+                assamese_or_bengali(record.joined()).language if language in ("as", "bn") else None
+            )
             new = Record(
                 record.source,
                 [
-                    {"role": m["role"], "content": normalize_text(m["content"], language, changes)}
+                    {
+                        "role": m["role"],
+                        "content": normalize_text(m["content"], language, changes, verdict),
+                    }
                     for m in record.messages
                 ],
             )

@@ -80,10 +80,23 @@ class Rejected:
     content: Any = None
 
     def to_json(self) -> dict[str, Any]:
-        content = self.content
-        if isinstance(content, str) and len(content) > 2000:
-            content = content[:2000] + f"... [{len(self.content)} characters]"
-        return {"source": self.source, "step": self.step, "reason": self.reason, "row": content}
+        return {
+            "source": self.source,
+            "step": self.step,
+            "reason": self.reason,
+            "row": _shortened(self.content),
+        }
+
+
+def _shortened(value: Any) -> Any:
+    """Long strings cut to 2,000 characters, also inside the dicts and lists of a row."""
+    if isinstance(value, str) and len(value) > 2000:
+        return value[:2000] + f"... [{len(value)} characters]"
+    if isinstance(value, dict):
+        return {key: _shortened(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shortened(item) for item in value]
+    return value
 
 
 Row = Record | Rejected
@@ -148,22 +161,24 @@ def load_rows(
 # --- reading lines with encoding errors that say where -------------------------------------------
 
 
-def _decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
-    """Yield (line number, text) with newline stripped; bad bytes raise DataError with a place."""
+def _decoded_lines(path: Path, encoding: str, keepends: bool = False) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text), the newline stripped unless `keepends` (CSV needs it for
+    quoted cells that span lines); bad bytes raise DataError with a place."""
     with path.open("rb") as handle:
         head = handle.read(4)
         handle.seek(0)
         if encoding.lower().replace("-", "") in ("utf8", "utf8sig"):
             if head.startswith((b"\xff\xfe", b"\xfe\xff")):
                 raise DataError(
-                    f"{path}: the file starts with a UTF-16 byte-order mark; set encoding='utf-16'."
+                    f"{path}:1: byte 1 of the line starts a UTF-16 byte-order mark "
+                    f"({head[:2]!r}), so the file is not UTF-8; set encoding='utf-16'."
                 )
             encoding = "utf-8"
         if encoding.lower().startswith("utf-16") or encoding.lower().startswith("utf-32"):
             # Multi-byte encodings cannot be split on b"\n"; decode the stream as a whole.
             text_handle = path.open(encoding=encoding, newline="")
             for number, line in enumerate(text_handle, start=1):
-                yield number, line.rstrip("\r\n")
+                yield number, line if keepends else line.rstrip("\r\n")
             return
         for number, raw in enumerate(handle, start=1):
             try:
@@ -175,9 +190,16 @@ def _decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
                     f"{encoding}. Re-save the file as UTF-8, or set encoding to the file's real "
                     "encoding (e.g. encoding='utf-16', 'cp1252' or 'iso-8859-1')."
                 ) from None
+            if "\x00" in line:
+                # UTF-16 without a byte-order mark: ASCII in it is valid UTF-8, NULs between.
+                raise DataError(
+                    f"{path}:{number}: byte {raw.index(0) + 1} of the line is a NUL byte, so the "
+                    f"file is not {encoding} text; if it is UTF-16, set encoding='utf-16-le' "
+                    "(or 'utf-16-be')."
+                )
             if number == 1:
                 line = line.removeprefix("\ufeff")
-            yield number, line.rstrip("\r\n")
+            yield number, line if keepends else line.rstrip("\r\n")
 
 
 def _load_text(path: Path, encoding: str) -> Iterator[Row]:
@@ -193,7 +215,7 @@ def _load_csv(
     path: Path, encoding: str, delimiter: str, question_column: str, answer_column: str
 ) -> Iterator[Row]:
     csv.field_size_limit(sys.maxsize)  # a 5 MB cell is a long row, not a parse error
-    lines = (line for _, line in _decoded_lines(path, encoding))
+    lines = (line for _, line in _decoded_lines(path, encoding, keepends=True))
     reader = csv.DictReader(lines, delimiter=delimiter)
     columns = reader.fieldnames or []
     if not columns:
@@ -250,10 +272,8 @@ def _load_json(
         ) from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
-        if "messages" in data or "conversations" in data or not lists:
-            data = [data]
-        else:
-            data = lists[0]
+        single = "messages" in data or "conversations" in data or not lists
+        data = [data] if single else lists[0]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of objects, found {type(data).__name__}.")
     for index, obj in enumerate(data):

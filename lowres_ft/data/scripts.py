@@ -128,7 +128,6 @@ BENGALI_WORDS = frozenset(
         "থেকে",
         "সাথে",
         "সঙ্গে",
-        "দ্বারা",
         "আপনার",
         "আপনি",
         "নয়",
@@ -146,7 +145,6 @@ BENGALI_WORDS = frozenset(
         "এমন",
         "তেমন",
         "যা",
-        "তাই",
     ]
 )
 
@@ -254,10 +252,7 @@ def assamese_or_bengali(text: str) -> LanguageGuess:
     # র without any ৰ only breaks a tie: Assamese typed on a Bengali keyboard has it too.
     as_score = 2.0 * as_letters + as_words
     bn_score = bn_words + (0.5 if bn_ra and not as_letters else 0.0)
-    if as_score == bn_score:
-        language = ""
-    else:
-        language = "as" if as_score > bn_score else "bn"
+    language = "" if as_score == bn_score else ("as" if as_score > bn_score else "bn")
     evidence = (
         f"ৰ/ৱ {as_letters}, র {bn_ra}; Assamese words {as_words} {as_seen}, "
         f"Bengali words {bn_words} {bn_seen}"
