@@ -168,7 +168,9 @@ def run_one(args: argparse.Namespace, lines: int) -> dict[str, Any]:
             cleaner = Cleaner(config, rejects=rejects)
             marks = sorted({max(1, round(lines * share)) for share in CHECKPOINTS})
             samples: list[dict[str, Any]] = []
+            load_before = _load_average()
             started = time.perf_counter()
+            cpu_started = time.process_time()
 
             def sample(read: int) -> None:
                 samples.append(
@@ -176,6 +178,7 @@ def run_one(args: argparse.Namespace, lines: int) -> dict[str, Any]:
                         "read": read,
                         "share": read / lines,
                         "elapsed_s": time.perf_counter() - started,
+                        "cpu_s": time.process_time() - cpu_started,
                         "kept": cleaner.stats.kept,
                         "peak_rss_mib": peak_rss_mib(),
                         "rss_mib": current_rss_mib(),
@@ -202,6 +205,7 @@ def run_one(args: argparse.Namespace, lines: int) -> dict[str, Any]:
             for _ in cleaner.clean(counted(rows)):
                 kept += 1  # consume the kept records without keeping them
             wall_s = time.perf_counter() - started
+            cpu_s = time.process_time() - cpu_started
             bar.update(cleaner.stats.read - bar.n)
             bar.close()
             if not samples or samples[-1]["read"] != lines:
@@ -226,6 +230,9 @@ def run_one(args: argparse.Namespace, lines: int) -> dict[str, Any]:
         "generate_s": generate_s,
         "wall_s": wall_s,
         "lines_per_s": lines / wall_s,
+        "cpu_s": cpu_s,
+        "lines_per_cpu_s": lines / cpu_s,
+        "load_average_before_after": [load_before, _load_average()],
         "mib_per_s": corpus_bytes / MiB / wall_s,
         "kept": kept,
         "baseline_rss_mib": baseline_rss,
@@ -237,6 +244,14 @@ def run_one(args: argparse.Namespace, lines: int) -> dict[str, Any]:
 
 
 # --- driver and report -----------------------------------------------------------------------
+
+
+def _load_average() -> float | None:
+    """1-minute load average: above ~1 on this machine, something else competed for the CPU."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def machine_info() -> dict[str, Any]:
@@ -323,14 +338,18 @@ def print_report(runs: list[dict[str, Any]], seed: int) -> None:
     print(f"\ncorpus ({total:,} lines, {big['corpus_mib']:.0f} MiB, seed {seed}): {mix}")
 
     print(
-        f"\n{'lines':>10} {'wall s':>8} {'lines/s':>8} {'MiB/s':>6} {'kept':>9} "
-        f"{'peak RSS MiB':>12} {'rejects MiB':>11}"
+        f"\n{'lines':>10} {'wall s':>7} {'lines/s':>8} {'CPU s':>7} {'lines/CPU-s':>11} "
+        f"{'MiB/s':>5} {'kept':>8} {'peak RSS MiB':>12} {'rejects MiB':>11} {'load avg':>9}"
     )
     for run in runs:
+        load = "/".join(
+            f"{x:.1f}" if x is not None else "?" for x in run["load_average_before_after"]
+        )
         print(
-            f"{run['lines']:>10,} {run['wall_s']:>8.1f} {run['lines_per_s']:>8,.0f} "
-            f"{run['mib_per_s']:>6.2f} {run['kept']:>9,} {run['peak_rss_mib']:>12,.0f} "
-            f"{run['rejects_mib']:>11,.0f}"
+            f"{run['lines']:>10,} {run['wall_s']:>7.1f} {run['lines_per_s']:>8,.0f} "
+            f"{run['cpu_s']:>7.1f} {run['lines_per_cpu_s']:>11,.0f} {run['mib_per_s']:>5.2f} "
+            f"{run['kept']:>8,} {run['peak_rss_mib']:>12,.0f} {run['rejects_mib']:>11,.0f} "
+            f"{load:>9}"
         )
 
     for run in runs:
@@ -339,19 +358,18 @@ def print_report(runs: list[dict[str, Any]], seed: int) -> None:
             f"{run['baseline_rss_mib']:,.0f} MiB)"
         )
         print(
-            f"{'input':>6} {'read':>10} {'kept':>9} {'peak RSS MiB':>12} {'growth MiB':>10} "
-            f"{'B/kept row':>10} {'lines/s in segment':>18}"
+            f"{'input':>6} {'read':>10} {'kept':>8} {'peak RSS MiB':>12} {'growth MiB':>10} "
+            f"{'B/kept row':>10} {'segment lines/s':>15} {'lines/CPU-s':>11}"
         )
-        previous = {"read": 0, "elapsed_s": 0.0}
+        previous = {"read": 0, "elapsed_s": 0.0, "cpu_s": 0.0}
         for point in run["memory"]:
-            rate = (point["read"] - previous["read"]) / max(
-                point["elapsed_s"] - previous["elapsed_s"], 1e-9
-            )
-            per_row = point["bytes_per_kept_row"]
+            lines = point["read"] - previous["read"]
+            rate = lines / max(point["elapsed_s"] - previous["elapsed_s"], 1e-9)
+            cpu_rate = lines / max(point["cpu_s"] - previous["cpu_s"], 1e-9)
             print(
-                f"{point['share']:>6.0%} {point['read']:>10,} {point['kept']:>9,} "
+                f"{point['share']:>6.0%} {point['read']:>10,} {point['kept']:>8,} "
                 f"{point['peak_rss_mib']:>12,.0f} {point['rss_growth_mib'] or 0:>10,.0f} "
-                f"{per_row or 0:>10,.0f} {rate:>18,.0f}"
+                f"{point['bytes_per_kept_row'] or 0:>10,.0f} {rate:>15,.0f} {cpu_rate:>11,.0f}"
             )
             previous = point
 
@@ -361,11 +379,12 @@ def print_report(runs: list[dict[str, Any]], seed: int) -> None:
     print(f"  total {big['stats']['rejected_total']:,}, kept {big['kept']:,}")
     if len(runs) > 1:
         small = runs[0]
-        ratio = big["lines_per_s"] / small["lines_per_s"]
         print(
-            f"\nscaling: {small['lines']:,} lines at {small['lines_per_s']:,.0f} lines/s, "
-            f"{big['lines']:,} at {big['lines_per_s']:,.0f} lines/s: ratio {ratio:.2f} "
-            "(1.00 = linear)"
+            f"\nscaling, {big['lines']:,} vs {small['lines']:,} lines (1.00 = linear): "
+            f"lines/s {big['lines_per_s']:,.0f} vs {small['lines_per_s']:,.0f}, ratio "
+            f"{big['lines_per_s'] / small['lines_per_s']:.2f}; lines/CPU-s "
+            f"{big['lines_per_cpu_s']:,.0f} vs {small['lines_per_cpu_s']:,.0f}, ratio "
+            f"{big['lines_per_cpu_s'] / small['lines_per_cpu_s']:.2f}"
         )
 
 
@@ -417,7 +436,10 @@ def main(argv: list[str] | None = None) -> None:
         "runs": runs,
     }
     if len(runs) > 1:
-        results["scaling_ratio"] = runs[-1]["lines_per_s"] / runs[0]["lines_per_s"]
+        results["scaling_ratio"] = {
+            "lines_per_s": runs[-1]["lines_per_s"] / runs[0]["lines_per_s"],
+            "lines_per_cpu_s": runs[-1]["lines_per_cpu_s"] / runs[0]["lines_per_cpu_s"],
+        }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     print(f"\nwrote {args.output}")

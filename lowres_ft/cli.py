@@ -8,46 +8,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 from typing import Any
 
-from lowres_ft.config import ConfigError, RunConfig
+from lowres_ft.config import LowresError, RunConfig, field_help, inherit_config
 from lowres_ft.notebooks import STAGES, run_notebook, run_pipeline
-
-_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(RunConfig)}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One --flag per RunConfig field; only flags given on the command line are passed on."""
     defaults = RunConfig()
+    helps = field_help()
     for field in dataclasses.fields(RunConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
+        text = f"{helps.get(field.name, '')} (default {default!r})"
         if isinstance(default, bool):
-            parser.add_argument(
-                flag,
-                dest=field.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=f"(default {default})",
-            )
+            options = {"action": argparse.BooleanOptionalAction}
         elif isinstance(default, list):
-            parser.add_argument(
-                flag,
-                dest=field.name,
-                action="append",
-                default=argparse.SUPPRESS,
-                help="repeat for several values",
-            )
+            options = {"action": "append"}
+            text = f"{helps.get(field.name, '')} (repeat the flag for several)"
         else:
-            parser.add_argument(
-                flag,
-                dest=field.name,
-                type=type(default),
-                default=argparse.SUPPRESS,
-                help=f"(default {default!r})",
-            )
+            options = {"type": type(default)}
+        parser.add_argument(flag, dest=field.name, default=argparse.SUPPRESS, help=text, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and write data/train.jsonl, data/validation.jsonl, data/rejects.jsonl and a report.",
     )
     _add_config_flags(prepare)
+    train = commands.add_parser(
+        "train",
+        help="fine-tune with LoRA/QLoRA on a prepared run folder (library call; killable)",
+        description="Train on <run-dir>/data from `prepare`, inheriting its config. Writes "
+        "checkpoints, metrics.jsonl, experiment.json, loss.png and the adapter. After a crash "
+        "or disconnect, run the same command with --resume.",
+    )
+    _add_config_flags(train)
     run = commands.add_parser(
         "run",
         help="run every stage in order (the demo pipeline)",
@@ -83,10 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         if command == "prepare":
             output = run_notebook("prepare", parameters)
             print(f"executed notebook: {output}")
+        elif command == "train":
+            from lowres_ft.train import train
+
+            parameters.setdefault("run_dir", RunConfig().run_dir)
+            config, overrides = inherit_config(**parameters)
+            for name, (saved, new) in overrides.items():
+                print(f"override {name}: {saved!r} -> {new!r}")
+            result = train(config)
+            print(json.dumps(result.to_json(), indent=2))
         elif command == "run":
             for output in run_pipeline(parameters):
                 print(f"executed notebook: {output}")
-    except ConfigError as error:
+    except LowresError as error:
         print(f"lowres-ft: {error}", file=sys.stderr)
         return 2
     return 0

@@ -27,7 +27,11 @@ SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
 OPTIMIZERS = ("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
 
-class ConfigError(ValueError):
+class LowresError(Exception):
+    """Base of the errors a user can act on: the CLI prints them without a traceback."""
+
+
+class ConfigError(LowresError, ValueError):
     """A RunConfig value is wrong; the message says which field and what to use instead."""
 
 
@@ -202,6 +206,16 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r}: use one of {', '.join(allowed)}.")
 
 
+def field_help() -> dict[str, str]:
+    """Each field's `# help` comment in the class body: the CLI shows it with the flag."""
+    import inspect
+    import re
+
+    pattern = re.compile(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$")
+    found = (pattern.match(line) for line in inspect.getsource(RunConfig).splitlines())
+    return {m.group(1): m.group(2) for m in found if m}
+
+
 def find_path(path: str | Path) -> Path:
     """A relative path as given if it exists, else relative to the repository checkout, so
     `../shared/data/...` works from the repo root and from `notebooks/` alike."""
@@ -217,13 +231,10 @@ def inherit_config(run_dir: str, **parameters: Any) -> tuple[RunConfig, dict[str
     Returns the config and the overrides (name -> (saved, new)) so the notebook can show them."""
     saved = RunConfig.load(run_dir)
     given = {k: v for k, v in parameters.items() if k in RunConfig.field_names()}
-    given["run_dir"] = str(run_dir)
-    overrides = {
-        k: (getattr(saved, k), v)
-        for k, v in given.items()
-        if getattr(saved, k) != v and k != "run_dir"
-    }
-    return RunConfig.load(run_dir, **given), overrides
+    overrides = {k: (getattr(saved, k), v) for k, v in given.items() if getattr(saved, k) != v}
+    config = RunConfig.load(run_dir, **given)
+    config.run_dir = str(run_dir)  # the folder may have moved since it was written
+    return config, overrides
 
 
 def make_config(**parameters: Any) -> RunConfig:

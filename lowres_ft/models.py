@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from lowres_ft.config import LowresError
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
@@ -26,7 +28,7 @@ PAD_TOKEN = "<|endoftext|>"  # never EOS: padding must not teach the model when 
 _MARKER = "lowres_ft_converted.txt"
 
 
-class ModelError(RuntimeError):
+class ModelError(LowresError, RuntimeError):
     """A model cannot be found or loaded; the message says what to install or set."""
 
 

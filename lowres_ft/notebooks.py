@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-STAGES = {"prepare": "01_data_prep.ipynb"}
+STAGES = {"prepare": "01_data_prep.ipynb", "train": "02_train.ipynb"}
 
 
 def notebook_path(stage_or_name: str) -> Path:

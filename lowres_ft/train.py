@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lowres_ft.backends import BackendChoice, Hardware, choose_backend, detect_hardware, get_backend
-from lowres_ft.config import RunConfig
+from lowres_ft.config import LowresError, RunConfig
 from lowres_ft.data.format import tokenize_for_training
 from lowres_ft.data.prepare import DATA_DIR, TRAIN_FILE, VALIDATION_FILE
 from lowres_ft.memory import GIB, MemoryStats, memory_stats, model_footprint, reset_peak
@@ -32,7 +32,7 @@ LOSS_PNG = "loss.png"
 USABLE_SHARE = 0.92  # of the card: CUDA context, allocator fragmentation and other processes
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LowresError, RuntimeError):
     """Training cannot go on; the message has the numbers and what to change."""
 
 
@@ -501,7 +501,13 @@ class TrainResult:
 
 
 def latest_checkpoint(folder: Path) -> str | None:
-    checkpoints = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    """The newest complete checkpoint: a kill during a save leaves a folder without
+    trainer_state.json (written last), and resuming from it would fail."""
+    checkpoints = [
+        p
+        for p in Path(folder).glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()
+    ]
     if not checkpoints:
         return None
     return str(max(checkpoints, key=lambda p: int(p.name.split("-")[-1])))

@@ -148,7 +148,7 @@ def normalize_text(
     """NFC plus the Indic fixes; `changes` counts which rule touched the text; `verdict` is the
     Assamese/Bengali call on the whole row (see `fix_confusables`)."""
     rules = (
-        ("invisible_chars", lambda t: t.translate(INVISIBLE)),
+        ("invisible_chars", _remove_invisible),
         ("nfc", lambda t: unicodedata.normalize("NFC", t)),
         ("stray_joiners", remove_stray_joiners),
         ("danda_lookalikes", _fix_dandas),
@@ -163,6 +163,14 @@ def normalize_text(
     return text
 
 
+def _remove_invisible(text: str) -> str:
+    # str.translate visits every character and is slow on non-ASCII text; most rows have
+    # none of the four characters, and `in` finds that out far faster.
+    if "\u200b" in text or "\u2060" in text or "\ufeff" in text or "\u00ad" in text:
+        return text.translate(INVISIBLE)
+    return text
+
+
 def _fix_dandas(text: str) -> str:
     text = _DANDA_LOOKALIKE.sub("\u0964", text)
     if "|" in text:
@@ -171,6 +179,8 @@ def _fix_dandas(text: str) -> str:
 
 
 def _tidy_whitespace(text: str) -> str:
+    if "\n" not in text and "\r" not in text:  # one line: the same result, less work
+        return _SPACES.sub(" ", text).strip()
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
     return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()

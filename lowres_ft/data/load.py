@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lowres_ft.config import LowresError
+
 ROLES = ("system", "user", "assistant")
 # ShareGPT's `from` names (and a few common variants) mapped to chat roles.
 SHAREGPT_ROLES = {
@@ -42,7 +44,7 @@ QA_COLUMN_PAIRS = (
 TEXT_COLUMNS = ("text", "content", "sentence", "paragraph")
 
 
-class DataError(ValueError):
+class DataError(LowresError, ValueError):
     """The input cannot be read; the message names the file (and line) and the fix."""
 
 

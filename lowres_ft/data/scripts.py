@@ -150,6 +150,7 @@ BENGALI_WORDS = frozenset(
 
 
 # Words both languages share once ৰ is folded to র: they say nothing about which one it is.
+@lru_cache(maxsize=65536)
 def _fold(word: str) -> str:
     return unicodedata.normalize("NFC", word).replace(ASSAMESE_RA, BENGALI_RA)
 
@@ -159,7 +160,7 @@ _AS_FOLDED = {_fold(w) for w in ASSAMESE_WORDS} - _SHARED
 _BN_FOLDED = {_fold(w) for w in BENGALI_WORDS} - _SHARED
 
 _WORD = regex.compile(r"[\p{L}\p{M}'’]+")
-_LETTER = regex.compile(r"[\p{L}\p{M}]")
+_LETTER = regex.compile(r"[\p{L}\p{M}]+")
 
 
 def script_for_language(language: str) -> str:
@@ -181,9 +182,14 @@ def _script_pattern_or_none(script: str) -> regex.Pattern | None:
         return None
     try:
         # Script_Extensions, so shared marks (e.g. the danda's script is Common) count for it.
-        return regex.compile(rf"(?V1)[\p{{Script_Extensions={script}}}&&[\p{{L}}\p{{M}}]]")
+        return regex.compile(rf"(?V1)[\p{{Script_Extensions={script}}}&&[\p{{L}}\p{{M}}]]+")
     except regex.error:
         return None
+
+
+def _count(pattern: regex.Pattern, text: str) -> int:
+    """Characters matched, counted by runs (patterns end in +): no list of every letter."""
+    return sum(len(run) for run in pattern.findall(text))
 
 
 def script_ratio(text: str, script: str) -> float:
@@ -194,10 +200,10 @@ def script_ratio(text: str, script: str) -> float:
     pattern = _script_pattern_or_none(script)
     if pattern is None:
         raise ConfigError(f"{script!r} is not a Unicode script name.")
-    letters = len(_LETTER.findall(text))
+    letters = _count(_LETTER, text)
     if letters == 0:
         return 1.0
-    return len(pattern.findall(text)) / letters
+    return _count(pattern, text) / letters
 
 
 _SCRIPT_NAMES_FOR_MIX = ("Bengali", "Devanagari", "Latin", "Arabic", "Tamil", "Telugu", "Gurmukhi")
@@ -206,9 +212,9 @@ _SCRIPT_NAMES_FOR_MIX = ("Bengali", "Devanagari", "Latin", "Arabic", "Tamil", "T
 def script_mix(text: str) -> Counter[str]:
     """Letters per script, for the data report; scripts outside the common list count as Other."""
     counts: Counter[str] = Counter()
-    letters = len(_LETTER.findall(text))
+    letters = _count(_LETTER, text)
     for name in _SCRIPT_NAMES_FOR_MIX:
-        n = len(_script_pattern_or_none(name).findall(text))
+        n = _count(_script_pattern_or_none(name), text)
         if n:
             counts[name] = n
     other = letters - sum(counts.values())

@@ -1,0 +1,282 @@
+"""Training on a 2-layer random-weight Llama (vocabulary 1,000, a BPE trained on real Bengali):
+the backend and precision policy, reply-only masks, the stop-token contract, pre-flight, the run
+folder, and resume after a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowres_ft.backends import BackendChoice, Hardware, choose_backend, choose_precision
+from lowres_ft.config import ConfigError, RunConfig
+from lowres_ft.data.format import tokenize_for_training
+from lowres_ft.data.prepare import prepare_data, read_records
+from lowres_ft.shapes import build_random_model, tiny_tokenizer
+from lowres_ft.train import (
+    NanGuard,
+    TrainingError,
+    adapter_dtypes,
+    check_stop_contract,
+    keep_adapters_in_fp32,
+    latest_checkpoint,
+    preflight,
+    read_metrics,
+    setup_training,
+    train,
+)
+
+T4 = Hardware("cuda", "Tesla T4", (7, 5), 15.0, 1)
+P100 = Hardware("cuda", "Tesla P100-PCIE-16GB", (6, 0), 16.0, 1)
+L4 = Hardware("cuda", "NVIDIA L4", (8, 9), 22.5, 1)
+A100 = Hardware("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 39.6, 1)
+H100 = Hardware("cuda", "NVIDIA H100 80GB HBM3", (9, 0), 79.1, 1)
+CPU = Hardware("cpu", "x86_64")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, shared_data) -> Path:
+    rows = [json.loads(line) for line in (shared_data / "bn_instruct/bn_instruct.jsonl").open()]
+    texts = [r["instruction"] + "\n" + r["output"] for r in rows[:800]]
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    return build_random_model(folder, "tiny", tiny_tokenizer(texts, vocab_size=1000))
+
+
+@pytest.fixture(scope="session")
+def prepared_run(tmp_path_factory, tiny_model, shared_data) -> RunConfig:
+    """Real Bengali chats, cleaned and split once; tests copy the config with their knobs."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = RunConfig(
+        run_dir=str(run_dir),
+        model_name=str(tiny_model),
+        max_rows=240,
+        max_seq_length=128,
+        data_path=str(shared_data / "bn_instruct/bn_instruct.jsonl"),
+    )
+    prepare_data(config, progress=False)
+    return config
+
+
+def _config(base: RunConfig, run_dir: Path, **changes) -> RunConfig:
+    values = {**base.to_dict(), "run_dir": str(run_dir), **changes}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = run_dir / "data"
+    if not data.exists():
+        data.symlink_to(Path(base.run_dir) / "data")
+    return RunConfig(**values)
+
+
+@pytest.mark.parametrize(
+    ("hardware", "expected"),
+    [(T4, "fp16"), (P100, "fp16"), (L4, "bf16"), (A100, "bf16"), (H100, "bf16"), (CPU, "fp32")],
+    ids=["T4", "P100", "L4", "A100", "H100", "CPU"],
+)
+def test_precision_policy_follows_compute_capability(hardware, expected):
+    assert choose_precision(hardware) == expected
+
+
+def test_bf16_on_a_t4_is_refused_because_it_is_only_emulated():
+    with pytest.raises(ConfigError, match="emulates bf16"):
+        choose_precision(T4, "bf16")
+
+
+def test_cpu_gets_lora_in_fp32_and_is_told_why():
+    choice = choose_backend(RunConfig(), CPU)
+    assert (choice.name, choice.precision, choice.load_in_4bit) == ("cpu", "fp32", False)
+    assert "no CUDA GPU" in choice.reason
+
+
+def test_asking_for_a_gpu_backend_without_a_gpu_says_so():
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        choose_backend(RunConfig(backend="hf"), CPU)
+
+
+def test_a_gpu_without_unsloth_falls_back_to_hf_and_says_why():
+    # This machine has neither unsloth nor bitsandbytes: the real imports fail.
+    choice = choose_backend(RunConfig(), T4)
+    assert choice.name == "hf" and choice.precision == "fp16"
+    assert "unsloth does not import" in choice.reason
+    assert "bitsandbytes does not import" in choice.reason and not choice.load_in_4bit
+
+
+def test_unsloth_is_not_tried_on_a_p100():
+    choice = choose_backend(RunConfig(), P100)
+    assert choice.name == "hf" and "compute < 7.0" in choice.reason
+
+
+def test_loss_mask_covers_replies_and_their_end_token_only(shared_data):
+    from lowres_ft.models import load_tokenizer
+
+    tokenizer = load_tokenizer("embedded")
+    row = json.loads((shared_data / "bn_instruct/bn_instruct.jsonl").open().readline())
+    record = {
+        "messages": [
+            {"role": "system", "content": "তুমি একজন গণিত শিক্ষক।"},
+            {"role": "user", "content": row["instruction"]},
+            {"role": "assistant", "content": row["output"]},
+        ]
+    }
+    encoded = tokenize_for_training(record, tokenizer)
+    ids, mask = encoded["input_ids"], encoded["assistant_masks"]
+    trained = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    ignored = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if not m])
+    assert trained == row["output"] + "<|im_end|>"
+    assert row["instruction"] in ignored and "গণিত শিক্ষক" in ignored
+    assert row["output"] not in ignored
+
+
+def test_stop_contract_refuses_pad_equal_to_eos(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    dataset = _one_row_dataset(tokenizer)
+    assert check_stop_contract(tokenizer, dataset)["pad"] == "<|endoftext|>"
+    tokenizer.pad_token = tokenizer.eos_token
+    with pytest.raises(TrainingError, match="equal to EOS"):
+        check_stop_contract(tokenizer, dataset)
+
+
+def _one_row_dataset(tokenizer):
+    import datasets
+
+    row = tokenize_for_training(
+        {
+            "messages": [
+                {"role": "user", "content": "প্রশ্ন"},
+                {"role": "assistant", "content": "উত্তর"},
+            ]
+        },
+        tokenizer,
+    )
+    return datasets.Dataset.from_list([row])
+
+
+def test_adapters_are_cast_back_to_fp32_under_the_t4_policy(tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    for parameter in model.parameters():  # what TRL does to a quantized model's adapters
+        if parameter.requires_grad:
+            parameter.data = parameter.data.to(torch.bfloat16)
+    keep_adapters_in_fp32(model, BackendChoice("hf", "fp16", True, "T4 policy"))
+    assert adapter_dtypes(model) == {"float32"}
+    keep_adapters_in_fp32(model, BackendChoice("hf", "bf16", True, "A100 policy"))
+    assert adapter_dtypes(model) == {"float32"}  # bf16 policy leaves them as they are
+
+
+def test_training_leaves_a_complete_run_folder(prepared_run, tmp_path):
+    config = _config(
+        prepared_run,
+        tmp_path / "run",
+        max_steps=8,
+        logging_steps=2,
+        save_steps=4,
+        eval_steps=4,
+        learning_rate=1e-3,
+    )
+    result = train(config)
+    run = Path(config.run_dir)
+    assert result.global_step == 8
+    assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 1000
+    assert (run / "adapter" / "tokenizer.json").exists()
+    experiment = json.loads((run / "experiment.json").read_text())
+    assert [s for s, _ in experiment["train_losses"]] == [1, 2, 4, 6, 8]
+    assert [s for s, _ in experiment["eval_losses"]] == [0, 4, 8]
+    assert all(math.isfinite(loss) for _, loss in experiment["train_losses"])
+    assert experiment["stop_contract"]["eos"] == "<|im_end|>"
+    assert "cpu" in experiment["backend"]
+    assert (run / "loss.png").stat().st_size > 5000
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-4", "checkpoint-8"]
+    assert all(
+        row["tokens_per_second"] > 0
+        for row in read_metrics(run)
+        if "loss" in row and row["step"] > 1
+    )
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["max_steps"] == 8
+
+
+def test_preflight_on_cpu_times_the_worst_case_step(prepared_run, tmp_path):
+    setup = setup_training(_config(prepared_run, tmp_path / "run", batch_size=2))
+    result = preflight(setup)
+    assert result.fits and result.sequence_length == 128 and result.batch_size == 2
+    assert result.step_seconds > 0 and "steps planned" in result.advice
+
+
+def test_nan_guard_stops_without_saving_the_bad_state():
+    from transformers import TrainerControl, TrainerState
+
+    guard, state = NanGuard(), TrainerState()
+    for step, loss in enumerate([2.0, 1.9, 1.8, 1.7], start=1):
+        state.global_step = step
+        control = TrainerControl(should_save=True)
+        guard.on_log(None, state, control, logs={"loss": loss})
+        assert not control.should_training_stop
+    state.global_step = 5
+    control = TrainerControl(should_save=True)
+    guard.on_log(None, state, control, logs={"loss": float("nan")})
+    assert control.should_training_stop and not control.should_save
+    assert "nan at step 5" in guard.reason
+
+
+def test_nan_guard_catches_an_exploding_loss():
+    from transformers import TrainerControl, TrainerState
+
+    guard, state, control = NanGuard(), TrainerState(), TrainerControl()
+    for loss in [2.0, 1.9, 1.8, 250.0]:
+        guard.on_log(None, state, control, logs={"loss": loss})
+    assert control.should_training_stop and "exploded" in guard.reason
+
+
+def test_training_resumes_after_sigkill_to_the_same_final_step(prepared_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    config = _config(
+        prepared_run,
+        run_dir,
+        max_steps=150,
+        logging_steps=1,
+        save_steps=10,
+        eval_steps=0,
+        save_total_limit=3,
+        learning_rate=1e-3,
+    )
+    config.save()
+    command = [sys.executable, "-m", "lowres_ft.cli", "train", "--run-dir", str(run_dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(run_dir / "checkpoints") is None or not latest_checkpoint(
+        run_dir / "checkpoints"
+    ).endswith(("-20", "-30", "-40")):
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(row["step"] for row in read_metrics(run_dir))
+    assert killed_at < 150
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    losses = [row for row in read_metrics(run_dir) if "loss" in row]
+    assert [row["step"] for row in losses] == list(range(1, 151))  # continuous, no repeats
+    state = json.loads(
+        (run_dir / "checkpoints" / "checkpoint-150" / "trainer_state.json").read_text()
+    )
+    assert state["global_step"] == 150
+    experiment = json.loads((run_dir / "experiment.json").read_text())
+    assert experiment["result"]["global_step"] == 150
