@@ -15,6 +15,17 @@ from lowres_ft.config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 
+
+class _KnownParameters(logging.Filter):
+    """The runner checked every name against RunConfig; papermill's warning that a notebook
+    does not declare one is noise here (the config cell picks it up from the globals)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Passed unknown parameter" not in record.getMessage()
+
+
+logging.getLogger("papermill").addFilter(_KnownParameters())
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 STAGES = {"prepare": "01_data_prep.ipynb", "train": "02_train.ipynb"}

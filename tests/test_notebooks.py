@@ -72,9 +72,10 @@ def test_runner_rejects_a_misspelt_parameter_before_papermill_starts():
         check_parameters({"langauge": "as"})
 
 
-@pytest.mark.notebook
-def test_data_prep_notebook_on_real_bengali_data(tmp_path, shared_data):
-    run_dir = tmp_path / "bn"
+@pytest.fixture(scope="module")
+def bengali_run(tmp_path_factory, shared_data) -> Path:
+    """Notebook 01 on the whole real Bengali instruction set; 02 then trains on it."""
+    run_dir = tmp_path_factory.mktemp("bn") / "run"
     run_notebook(
         "prepare",
         {
@@ -83,6 +84,12 @@ def test_data_prep_notebook_on_real_bengali_data(tmp_path, shared_data):
             "data_path": str(shared_data / "bn_instruct" / "bn_instruct.jsonl"),
         },
     )
+    return run_dir
+
+
+@pytest.mark.notebook
+def test_data_prep_notebook_on_real_bengali_data(bengali_run):
+    run_dir = bengali_run
     report = json.loads((run_dir / "data" / "report.json").read_text("utf-8"))
     cleaning = report["cleaning"]
     assert cleaning["read"] == 2373
@@ -123,3 +130,27 @@ def test_data_prep_notebook_on_real_assamese_chats(tmp_path, shared_data):
         roles = [m["role"] for m in row["messages"]]
         assert roles[-1] == "assistant"
         assert all(a != b for a, b in zip(roles, roles[1:], strict=False))
+
+
+@pytest.mark.notebook
+def test_train_notebook_fine_tunes_the_embedded_model_on_bengali(bengali_run):
+    run_notebook(
+        "train",
+        {
+            "run_dir": str(bengali_run),
+            "max_steps": 2,
+            "batch_size": 2,
+            "eval_steps": 0,
+            "eval_max_rows": 4,
+            "max_seq_length": 128,
+            "learning_rate": 5e-4,
+        },
+    )
+    experiment = json.loads((bengali_run / "experiment.json").read_text("utf-8"))
+    assert experiment["result"]["global_step"] == 2
+    assert [step for step, _ in experiment["eval_losses"]] == [0, 2]
+    assert experiment["backend"].startswith("backend cpu")
+    assert experiment["footprint"]["trainable_params"] > 1_000_000
+    assert (bengali_run / "adapter" / "adapter_model.safetensors").exists()
+    saved = RunConfig.load(bengali_run)
+    assert (saved.max_steps, saved.max_seq_length, saved.language) == (2, 128, "bn")

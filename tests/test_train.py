@@ -19,7 +19,7 @@ import torch
 from lowres_ft.backends import BackendChoice, Hardware, choose_backend, choose_precision
 from lowres_ft.config import ConfigError, RunConfig
 from lowres_ft.data.format import tokenize_for_training
-from lowres_ft.data.prepare import prepare_data, read_records
+from lowres_ft.data.prepare import prepare_data
 from lowres_ft.shapes import build_random_model, tiny_tokenizer
 from lowres_ft.train import (
     NanGuard,
@@ -280,3 +280,48 @@ def test_training_resumes_after_sigkill_to_the_same_final_step(prepared_run, tmp
     assert state["global_step"] == 150
     experiment = json.loads((run_dir / "experiment.json").read_text())
     assert experiment["result"]["global_step"] == 150
+
+
+def test_a_trained_adapter_stops_at_the_end_of_its_reply(tiny_model, tmp_path):
+    """Reply-only loss includes <|im_end|>: after training, generation ends there instead of
+    running to the length limit (a mask that dropped EOS, or pad == EOS, would break this)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lowres_ft.generate import generate_reply
+
+    chat = [
+        {"role": "user", "content": "নমস্কার, কেমন আছেন?"},
+        {"role": "assistant", "content": "ভালো আছি, ধন্যবাদ।"},
+    ]
+    run_dir = tmp_path / "stop"
+    (run_dir / "data").mkdir(parents=True)
+    for name in ("train.jsonl", "validation.jsonl"):
+        rows = [
+            json.dumps({"source": f"x:{i}", "messages": chat}, ensure_ascii=False)
+            for i in range(16)
+        ]
+        (run_dir / "data" / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    config = RunConfig(
+        run_dir=str(run_dir),
+        model_name=str(tiny_model),
+        max_steps=60,
+        lora_r=32,
+        lora_alpha=64,
+        learning_rate=5e-3,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+        eval_steps=0,
+        eval_max_rows=2,
+        logging_steps=20,
+        save_steps=60,
+        max_seq_length=64,
+    )
+    result = train(config)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model), result.adapter_dir
+    )
+    tokenizer = AutoTokenizer.from_pretrained(result.adapter_dir)
+    reply = generate_reply(model, tokenizer, chat[:1], max_new_tokens=40)
+    assert reply.stopped_at_eos and reply.new_tokens < 40, reply
+    assert reply.text == "ভালো আছি, ধন্যবাদ।"
