@@ -201,6 +201,9 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
         processing_class=tokenizer,
     )
     keep_adapters_in_fp32(trainer.model, choice)
+    _check_rows_survive(config, train_dataset, trainer.train_dataset, "training")
+    if eval_dataset is not None and len(eval_dataset):
+        _check_rows_survive(config, eval_dataset, trainer.eval_dataset, "validation")
     setup = TrainingSetup(
         config,
         hardware,
@@ -219,6 +222,29 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
     trainer.add_callback(NanGuard())
     trainer.add_callback(TimedCheckpoints(config.save_minutes))
     return setup
+
+
+def _check_rows_survive(config: RunConfig, given: Any, prepared: Any, split: str) -> None:
+    """TRL drops rows whose replies lie wholly past max_seq_length (the prompt fills it): say so
+    instead of training on a fraction of the data, or failing later on an empty split."""
+    if prepared is None or not hasattr(prepared, "__len__") or setup_is_packed(prepared):
+        return
+    lost = len(given) - len(prepared)
+    if lost == 0:
+        return
+    message = (
+        f"{lost} of {len(given)} {split} rows have no reply token within "
+        f"max_seq_length={config.max_seq_length} (the prompt alone fills it)"
+    )
+    if len(prepared) == 0:
+        raise TrainingError(
+            f"{message}: raise max_seq_length (see the token lengths in 01's report)."
+        )
+    logger.warning("%s; they are left out", message)
+
+
+def setup_is_packed(dataset: Any) -> bool:
+    return "seq_lengths" in getattr(dataset, "column_names", [])
 
 
 def keep_adapters_in_fp32(model: Any, choice: BackendChoice) -> None:
@@ -282,11 +308,13 @@ def _worst_case_batch(setup: TrainingSetup, batch_size: int) -> dict[str, Any]:
     )
     ids = (ids * (length // len(ids) + 1))[:length]
     input_ids = torch.tensor([ids] * batch_size)
-    return {
-        "input_ids": input_ids,
-        "labels": input_ids.clone(),
-        "attention_mask": torch.ones_like(input_ids),
-    }
+    labels, attention_mask = input_ids.clone(), torch.ones_like(input_ids)
+    if not setup.packing and batch_size > 1:
+        # Real padded batches carry a padding mask, which moves SDPA off its fused kernels to
+        # ones that use more memory; one padded position makes the pre-flight take that path.
+        attention_mask[-1, -1] = 0
+        labels[-1, -1] = -100
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
 def _optimizer_bytes(setup: TrainingSetup) -> int:

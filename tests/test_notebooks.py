@@ -142,7 +142,7 @@ def test_train_notebook_fine_tunes_the_embedded_model_on_bengali(bengali_run):
             "batch_size": 2,
             "eval_steps": 0,
             "eval_max_rows": 4,
-            "max_seq_length": 128,
+            "max_seq_length": 384,
             "learning_rate": 5e-4,
         },
     )
@@ -153,4 +153,4 @@ def test_train_notebook_fine_tunes_the_embedded_model_on_bengali(bengali_run):
     assert experiment["footprint"]["trainable_params"] > 1_000_000
     assert (bengali_run / "adapter" / "adapter_model.safetensors").exists()
     saved = RunConfig.load(bengali_run)
-    assert (saved.max_steps, saved.max_seq_length, saved.language) == (2, 128, "bn")
+    assert (saved.max_steps, saved.max_seq_length, saved.language) == (2, 384, "bn")
