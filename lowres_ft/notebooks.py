@@ -43,13 +43,12 @@ def notebook_path(stage_or_name: str) -> Path:
 
 def check_parameters(parameters: dict[str, Any]) -> RunConfig:
     """Reject names that are not RunConfig fields and values that do not validate."""
-    unknown = set(parameters) - RunConfig.field_names()
-    if unknown:
+    try:
+        return RunConfig.from_dict(parameters)
+    except ConfigError as error:
         raise ConfigError(
-            f"unknown parameter(s) {', '.join(sorted(unknown))}: papermill would ignore them and "
-            f"run the defaults. Known: {', '.join(sorted(RunConfig.field_names()))}."
-        )
-    return RunConfig(**parameters)
+            f"{error} (papermill would ignore the name and run the default)"
+        ) from None
 
 
 def run_notebook(

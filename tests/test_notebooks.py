@@ -68,7 +68,7 @@ def test_parameter_defaults_build_a_valid_config(path):
 
 
 def test_runner_rejects_a_misspelt_parameter_before_papermill_starts():
-    with pytest.raises(ConfigError, match="unknown parameter.*langauge"):
+    with pytest.raises(ConfigError, match="unknown RunConfig field.*langauge.*papermill"):
         check_parameters({"langauge": "as"})
 
 
