@@ -232,8 +232,8 @@ def inherit_config(run_dir: str, **parameters: Any) -> tuple[RunConfig, dict[str
     saved = RunConfig.load(run_dir)
     given = {k: v for k, v in parameters.items() if k in RunConfig.field_names()}
     overrides = {k: (getattr(saved, k), v) for k, v in given.items() if getattr(saved, k) != v}
-    config = RunConfig.load(run_dir, **given)
-    config.run_dir = str(run_dir)  # the folder may have moved since it was written
+    # run_dir as given: the folder may have moved since it was written
+    config = RunConfig.from_dict({**saved.to_dict(), **given, "run_dir": str(run_dir)})
     return config, overrides
 
 

@@ -12,13 +12,14 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from lowres_ft.backends import BackendChoice, Hardware, choose_backend, detect_hardware, get_backend
 from lowres_ft.config import LowresError, RunConfig
 from lowres_ft.data.format import tokenize_for_training
-from lowres_ft.data.prepare import DATA_DIR, TRAIN_FILE, VALIDATION_FILE
+from lowres_ft.data.prepare import DATA_DIR, TRAIN_FILE, VALIDATION_FILE, read_records
 from lowres_ft.memory import GIB, MemoryStats, memory_stats, model_footprint, reset_peak
 from lowres_ft.models import load_tokenizer
 from lowres_ft.runs import start_run
@@ -52,11 +53,8 @@ def build_datasets(config: RunConfig, tokenizer: Any) -> tuple[Any, Any]:
             )
 
     def load(name: str, limit: int) -> Any:
-        rows = [json.loads(line) for line in (folder / name).open(encoding="utf-8")]
-        if limit:
-            rows = rows[:limit]
-        tokenized = [tokenize_for_training(row, tokenizer) for row in rows]
-        return datasets.Dataset.from_list(tokenized)
+        records = islice(read_records(folder / name), limit or None)
+        return datasets.Dataset.from_list([tokenize_for_training(r, tokenizer) for r in records])
 
     train = load(TRAIN_FILE, 0)
     if len(train) == 0:
@@ -227,7 +225,8 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
 def _check_rows_survive(config: RunConfig, given: Any, prepared: Any, split: str) -> None:
     """TRL drops rows whose replies lie wholly past max_seq_length (the prompt fills it): say so
     instead of training on a fraction of the data, or failing later on an empty split."""
-    if prepared is None or not hasattr(prepared, "__len__") or setup_is_packed(prepared):
+    packed = "seq_lengths" in getattr(prepared, "column_names", [])
+    if prepared is None or not hasattr(prepared, "__len__") or packed:
         return
     lost = len(given) - len(prepared)
     if lost == 0:
@@ -241,10 +240,6 @@ def _check_rows_survive(config: RunConfig, given: Any, prepared: Any, split: str
             f"{message}: raise max_seq_length (see the token lengths in 01's report)."
         )
     logger.warning("%s; they are left out", message)
-
-
-def setup_is_packed(dataset: Any) -> bool:
-    return "seq_lengths" in getattr(dataset, "column_names", [])
 
 
 def keep_adapters_in_fp32(model: Any, choice: BackendChoice) -> None:

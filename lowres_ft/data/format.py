@@ -45,7 +45,7 @@ def with_reflective_prefix(record: Record, language: str, rng: random.Random) ->
 def format_record(record: Record | dict[str, Any], tokenizer: Any) -> str:
     """The exact string the model trains on: the chat template for chats, the text for raw."""
     if isinstance(record, dict):
-        record = Record(record.get("source", ""), record.get("messages", []), record.get("text"))
+        record = Record.from_json(record)
     if record.text is not None:
         return record.text + (tokenizer.eos_token or "")
     return tokenizer.apply_chat_template(record.messages, tokenize=False)
@@ -64,7 +64,7 @@ def tokenize_for_training(record: Record | dict[str, Any], tokenizer: Any) -> di
     lack). Raw text records train on every token and end with EOS.
     """
     if isinstance(record, dict):
-        record = Record(record.get("source", ""), record.get("messages", []), record.get("text"))
+        record = Record.from_json(record)
     if record.text is not None:
         ids = tokenizer(record.text, add_special_tokens=False)["input_ids"]
         ids = [*ids, tokenizer.eos_token_id]

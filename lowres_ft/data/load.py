@@ -71,6 +71,11 @@ class Record:
             return {"source": self.source, "text": self.text}
         return {"source": self.source, "messages": self.messages}
 
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Record:
+        """The inverse of `to_json`: a row of train.jsonl / validation.jsonl."""
+        return cls(obj.get("source", ""), obj.get("messages", []), obj.get("text"))
+
 
 @dataclass
 class Rejected:

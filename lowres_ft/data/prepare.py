@@ -129,5 +129,4 @@ def assign_validation(keys: list[int], val_fraction: float, seed: int) -> list[b
 def read_records(path: str | Path) -> Iterator[Record]:
     with Path(path).open(encoding="utf-8") as handle:
         for line in handle:
-            obj = json.loads(line)
-            yield Record(obj.get("source", ""), obj.get("messages", []), obj.get("text"))
+            yield Record.from_json(json.loads(line))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from pathlib import Path
+from itertools import islice
 from typing import Any
 
 import regex
@@ -60,8 +60,9 @@ def build_report(
     prepared: PreparedData, config: RunConfig, tokenizer: Any, sample: int = 2000
 ) -> dict[str, Any]:
     """Compute, save and return the report; `sample` bounds the rows tokenised."""
-    rows = list(_sample(read_records(prepared.train_path), sample))
-    rows += list(_sample(read_records(prepared.validation_path), max(1, sample // 4)))
+    rows = list(islice(read_records(prepared.train_path), sample))
+    rows += list(islice(read_records(prepared.validation_path), max(1, sample // 4)))
+    cleaning = prepared.stats.to_json()
     chars = [len(r.joined()) for r in rows]
     tokens = [
         len(tokenizer(format_record(r, tokenizer), add_special_tokens=False)["input_ids"])
@@ -76,7 +77,7 @@ def build_report(
         "language": config.language,
         "model_name": config.model_name,
         "data_path": config.data_path,
-        "cleaning": prepared.stats.to_json(),
+        "cleaning": cleaning,
         "split": {"train": prepared.train_rows, "validation": prepared.validation_rows},
         "kind": "chat" if rows and rows[0].is_chat else "text",
         "lengths": {
@@ -98,7 +99,7 @@ def build_report(
     folder = prepared.folder
     (folder / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     plot_lengths(chars, tokens, config.max_seq_length).savefig(folder / LENGTHS_PNG, dpi=100)
-    plot_steps(prepared.stats.to_json()).savefig(folder / STEPS_PNG, dpi=100)
+    plot_steps(cleaning).savefig(folder / STEPS_PNG, dpi=100)
     return report
 
 
@@ -177,17 +178,6 @@ def _summary(values: list[int]) -> dict[str, float]:
         "max": ordered[-1],
         "mean": round(statistics.fmean(ordered), 1),
     }
-
-
-def _sample(records, limit: int):
-    for index, record in enumerate(records):
-        if index >= limit:
-            return
-        yield record
-
-
-def load_report(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "data" / REPORT_FILE).read_text("utf-8"))
 
 
 def steps_table(report: dict[str, Any]):
