@@ -285,8 +285,8 @@ class Preflight:
         verdict = "fits" if self.fits else "DOES NOT FIT"
         return (
             f"pre-flight: batch {self.batch_size} x {self.sequence_length} tokens, predicted peak "
-            f"{self.predicted_peak_gib:.2f} GiB (train {self.train_peak_gib:.2f} + optimizer "
-            f"{self.optimizer_gib:.2f}; eval {self.eval_peak_gib:.2f}) of {self.usable_gib:.1f} "
+            f"{self.predicted_peak_gib:.2f} GiB (train with optimizer {self.train_peak_gib:.2f}; "
+            f"eval {self.eval_peak_gib:.2f}) of {self.usable_gib:.1f} "
             f"usable GiB: {verdict}. {self.advice}"
         )
 
@@ -351,9 +351,11 @@ def _measure(setup: TrainingSetup, batch: int, accumulation: int) -> Preflight:
     reset_peak()
     started = time.perf_counter()
     try:
-        trainer.training_step(model, trainer._prepare_inputs(inputs))
         if on_gpu:
+            _steps_with_optimizer(trainer, model, trainer._prepare_inputs(inputs))
             torch.cuda.synchronize()
+        else:  # no memory to measure: one step gives the time
+            trainer.training_step(model, trainer._prepare_inputs(inputs))
         step_seconds = time.perf_counter() - started
         train_peak = torch.cuda.max_memory_allocated() / GIB if on_gpu else 0.0
         model.zero_grad(set_to_none=True)
@@ -367,10 +369,10 @@ def _measure(setup: TrainingSetup, batch: int, accumulation: int) -> Preflight:
         step_seconds = float("nan")
     finally:
         model.train()
-    optimizer = _optimizer_bytes(setup) / GIB
+    optimizer = _optimizer_bytes(setup) / GIB  # already inside train_peak, shown for reference
     card = setup.hardware.memory_gib
     usable = card * USABLE_SHARE
-    predicted = max(train_peak + optimizer, eval_peak)
+    predicted = max(train_peak, eval_peak)
     fits = not on_gpu or predicted <= usable
     if not on_gpu:
         steps = _planned_steps(setup, batch, accumulation)
@@ -398,6 +400,27 @@ def _measure(setup: TrainingSetup, batch: int, accumulation: int) -> Preflight:
         round(step_seconds, 3),
         advice,
     )
+
+
+def _steps_with_optimizer(trainer: Any, model: Any, inputs: dict[str, Any]) -> None:
+    """Two real steps, optimizer update included (its states and temporaries count), then the
+    trainable weights are put back and the optimizer dropped, so training starts untouched."""
+    import torch
+
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = trainer.create_optimizer()
+    try:
+        for _ in range(2):
+            trainer.training_step(model, inputs)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    finally:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name in saved:
+                    parameter.copy_(saved[name])
+        trainer.optimizer = None
+        del optimizer
 
 
 def _planned_steps(setup: TrainingSetup, batch: int, accumulation: int) -> int:
