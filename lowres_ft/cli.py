@@ -1,7 +1,9 @@
 """`lowres-ft`: the command line over the same notebooks and library calls.
 
 lowres-ft prepare --data-path corpus.txt --language as --run-dir runs/as1
-lowres-ft run --run-dir runs/demo            # every stage, on the embedded defaults
+lowres-ft evaluate --run-dir runs/demo       # base vs fine-tuned: perplexity, chrF++, script
+lowres-ft chat --run-dir runs/demo           # talk to the fine-tuned model in the terminal
+lowres-ft run --run-dir runs/demo            # prepare, train, evaluate, on the embedded defaults
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from typing import Any
 
 from lowres_ft.config import LowresError, RunConfig, field_help, inherit_config
-from lowres_ft.notebooks import STAGES, run_notebook, run_pipeline
+from lowres_ft.notebooks import PIPELINE, run_notebook, run_pipeline
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -58,10 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
         "or disconnect, run the same command with --resume.",
     )
     _add_config_flags(train)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="compare the base and fine-tuned model (notebook 03)",
+        description="Perplexity and bits per character on the reference replies, chrF++, BLEU, "
+        "ROUGE-L and script fidelity of generated replies, for the base model and base + "
+        "adapter on the same rows and settings. Writes <run-dir>/evaluation/ (metrics.json, "
+        "metrics.csv, comparison.png, examples.jsonl).",
+    )
+    _add_config_flags(evaluate)
+    chat = commands.add_parser(
+        "chat",
+        help="talk to the fine-tuned model in the terminal (or --web for a browser chat)",
+        description="A multi-turn chat with base + <run-dir>/adapter; replies stream as they are "
+        "generated and are logged to <run-dir>/generated_responses.jsonl. Type /clear to start "
+        "over, /quit (or Ctrl-D) to leave. --web serves the Gradio app (pip install "
+        "'lowres-ft[app]').",
+    )
+    chat.add_argument("--web", action="store_true", help="serve the Gradio chat app instead")
+    chat.add_argument("--port", type=int, default=7860, help="port of the web chat")
+    _add_config_flags(chat)
     run = commands.add_parser(
         "run",
-        help="run every stage in order (the demo pipeline)",
-        description=f"Run the stages {', '.join(STAGES)} on one run folder.",
+        help="run the pipeline: " + " -> ".join(PIPELINE) + " (the demo)",
+        description=f"Run the stages {', '.join(PIPELINE)} on one run folder.",
     )
     _add_config_flags(run)
     return parser
@@ -85,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"override {name}: {saved!r} -> {new!r}")
             result = train(config)
             print(json.dumps(result.to_json(), indent=2))
+        elif command == "evaluate":
+            output = run_notebook("evaluate", parameters)
+            print(f"executed notebook: {output}")
+        elif command == "chat":
+            return _chat(parameters)
         elif command == "run":
             for output in run_pipeline(parameters):
                 print(f"executed notebook: {output}")
@@ -92,6 +119,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lowres-ft: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _chat(parameters: dict[str, Any]) -> int:
+
+    web, port = parameters.pop("web"), parameters.pop("port")
+    parameters.setdefault("run_dir", RunConfig().run_dir)
+    config, _ = inherit_config(**parameters)
+    adapter = config.adapter_path()
+    if web:
+        from lowres_ft.app import launch
+
+        launch(config.run_dir, str(adapter), port=port)
+        return 0
+    from lowres_ft.generate import GenerationSettings, ResponseLog, load_chat_model
+
+    chat_model = load_chat_model(config, adapter if adapter.exists() else None)
+    session = chat_model.session(
+        GenerationSettings.from_config(config), config.system_prompt, ResponseLog(config.run_dir)
+    )
+    print(
+        f"chatting with {chat_model.model_id} + {chat_model.adapter_id or 'no adapter'}; "
+        "/clear starts over, /quit leaves"
+    )
+    while True:
+        try:
+            message = input("you> ")
+        except EOFError:
+            return 0
+        if message.strip() == "/quit":
+            return 0
+        if message.strip() == "/clear":
+            session.clear()
+            continue
+        if not message.strip():
+            continue
+        print("model> ", end="", flush=True)
+        for piece in session.stream(message):
+            print(piece, end="", flush=True)
+        print()
 
 
 if __name__ == "__main__":

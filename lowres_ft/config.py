@@ -16,6 +16,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+ADAPTER_DIR = "adapter"  # where training saves the LoRA adapter inside a run folder
 
 DATA_FORMATS = ("auto", "text", "csv", "tsv", "jsonl", "json", "hf_dataset")
 DEDUP_MODES = ("none", "exact", "near")
@@ -100,6 +101,18 @@ class RunConfig:
     resume: bool = False  # continue from the latest checkpoint after a disconnect or crash
     auto_batch: bool = False  # shrink batch size (raising accumulation) until pre-flight fits
 
+    # --- evaluation and chat --------------------------------------------------------------------
+    eval_file: str = ""  # held-out file to evaluate on ("": the validation split from 01)
+    eval_prompts: int = 24  # prompts whose replies are generated and scored (chrF++, BLEU...)
+    adapter_dir: str = ""  # LoRA adapter to evaluate or chat with ("": <run_dir>/adapter)
+    preset: str = "short"  # reply length: short | medium | long | very_long (100/250/500/context)
+    max_new_tokens: int = 0  # overrides the preset's length when above 0
+    temperature: float = 0.0  # 0: greedy (repeatable); 0.7 for livelier chat
+    top_p: float = 0.9  # nucleus sampling share (when temperature is above 0)
+    top_k: int = 50  # sample among the k likeliest tokens (0: no limit)
+    repetition_penalty: float = 1.1  # above 1 discourages loops like "একরে একরে"
+    stop_at_sentence_end: bool = False  # also stop at the first danda or . ? !
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -130,6 +143,11 @@ class RunConfig:
         _one_of("packing", self.packing, PACKING)
         _one_of("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
         _one_of("optim", self.optim, OPTIMIZERS)
+        if self.eval_prompts < 0 or self.max_new_tokens < 0:
+            raise ConfigError("eval_prompts and max_new_tokens: use 0 or a positive number.")
+        from lowres_ft.generate import GenerationSettings  # checks preset and sampling knobs
+
+        GenerationSettings.from_config(self)
         for name in (
             "lora_r",
             "lora_alpha",
@@ -158,6 +176,10 @@ class RunConfig:
         script_for_language(self.language)  # raises ConfigError-compatible ValueError if unknown
         return self
 
+    def adapter_path(self) -> Path:
+        """The adapter to evaluate or chat with: adapter_dir, else the one training saved."""
+        return Path(self.adapter_dir) if self.adapter_dir else Path(self.run_dir) / ADAPTER_DIR
+
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,12 +206,12 @@ class RunConfig:
         return path
 
     @classmethod
-    def load(cls, run_dir: str | Path, **overrides: Any) -> RunConfig:
+    def load(cls, folder: str | Path, **overrides: Any) -> RunConfig:
         """Inherit a run's saved config; overrides win and are logged so a reader sees them."""
-        path = Path(run_dir) / CONFIG_FILE
+        path = Path(folder) / CONFIG_FILE
         if not path.exists():
             raise ConfigError(
-                f"{path} not found: run notebooks/01_data_prep.ipynb with run_dir={str(run_dir)!r}"
+                f"{path} not found: run notebooks/01_data_prep.ipynb with run_dir={str(folder)!r}"
                 " first, or point run_dir at an existing run folder."
             )
         values = json.loads(path.read_text("utf-8"))

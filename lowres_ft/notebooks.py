@@ -28,7 +28,13 @@ logging.getLogger("papermill").addFilter(_KnownParameters())
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-STAGES = {"prepare": "01_data_prep.ipynb", "train": "02_train.ipynb"}
+STAGES = {
+    "prepare": "01_data_prep.ipynb",
+    "train": "02_train.ipynb",
+    "evaluate": "03_evaluate.ipynb",
+    "chat": "04_chat.ipynb",
+}
+PIPELINE = ("prepare", "train", "evaluate")  # what `lowres-ft run` and the demo execute
 
 
 def notebook_path(stage_or_name: str) -> Path:
@@ -75,7 +81,7 @@ def run_notebook(
 
 
 def run_pipeline(
-    parameters: dict[str, Any], stages: Sequence[str] = tuple(STAGES), cwd: str | Path | None = None
+    parameters: dict[str, Any], stages: Sequence[str] = PIPELINE, cwd: str | Path | None = None
 ) -> list[Path]:
     """Run the stages in order on one run folder; later stages inherit the saved config."""
     check_parameters(parameters)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lowres_ft.backends import BackendChoice, Hardware, choose_backend, detect_hardware, get_backend
-from lowres_ft.config import LowresError, RunConfig
+from lowres_ft.config import ADAPTER_DIR, LowresError, RunConfig
 from lowres_ft.data.format import tokenize_for_training
 from lowres_ft.data.prepare import DATA_DIR, TRAIN_FILE, VALIDATION_FILE, read_records
 from lowres_ft.memory import GIB, MemoryStats, memory_stats, model_footprint, reset_peak
@@ -28,7 +28,6 @@ from lowres_ft.runs import start_run
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_DIR = "adapter"
 METRICS_FILE = "metrics.jsonl"
 EXPERIMENT_FILE = "experiment.json"
 LOSS_PNG = "loss.png"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,15 @@ def shared_data() -> Path:
             pytrace=False,
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, shared_data) -> Path:
+    """A 2-layer random-weight Llama with a 1,000-token BPE trained on real Bengali: fast
+    enough for unit tests of training, generation and evaluation."""
+    from lowres_ft.shapes import build_random_model, tiny_tokenizer
+
+    rows = [json.loads(line) for line in (shared_data / "bn_instruct/bn_instruct.jsonl").open()]
+    texts = [r["instruction"] + "\n" + r["output"] for r in rows[:800]]
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    return build_random_model(folder, "tiny", tiny_tokenizer(texts, vocab_size=1000))

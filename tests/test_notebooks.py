@@ -132,8 +132,9 @@ def test_data_prep_notebook_on_real_assamese_chats(tmp_path, shared_data):
         assert all(a != b for a, b in zip(roles, roles[1:], strict=False))
 
 
-@pytest.mark.notebook
-def test_train_notebook_fine_tunes_the_embedded_model_on_bengali(bengali_run):
+@pytest.fixture(scope="module")
+def trained_run(bengali_run) -> Path:
+    """Notebook 02 on the prepared Bengali run: two steps of LoRA on the embedded model."""
     run_notebook(
         "train",
         {
@@ -146,11 +147,57 @@ def test_train_notebook_fine_tunes_the_embedded_model_on_bengali(bengali_run):
             "learning_rate": 5e-4,
         },
     )
-    experiment = json.loads((bengali_run / "experiment.json").read_text("utf-8"))
+    return bengali_run
+
+
+@pytest.mark.notebook
+def test_train_notebook_fine_tunes_the_embedded_model_on_bengali(trained_run):
+    experiment = json.loads((trained_run / "experiment.json").read_text("utf-8"))
     assert experiment["result"]["global_step"] == 2
     assert [step for step, _ in experiment["eval_losses"]] == [0, 2]
     assert experiment["backend"].startswith("backend cpu")
     assert experiment["footprint"]["trainable_params"] > 1_000_000
-    assert (bengali_run / "adapter" / "adapter_model.safetensors").exists()
-    saved = RunConfig.load(bengali_run)
+    assert (trained_run / "adapter" / "adapter_model.safetensors").exists()
+    saved = RunConfig.load(trained_run)
     assert (saved.max_steps, saved.max_seq_length, saved.language) == (2, 384, "bn")
+
+
+def logged_replies(run_dir: Path) -> list[dict]:
+    path = run_dir / "generated_responses.jsonl"
+    return [json.loads(line) for line in path.open(encoding="utf-8")] if path.exists() else []
+
+
+@pytest.mark.notebook
+def test_evaluate_notebook_compares_base_and_fine_tuned_on_bengali(trained_run):
+    before = len(logged_replies(trained_run))
+    run_notebook(
+        "evaluate",
+        {"run_dir": str(trained_run), "eval_max_rows": 6, "eval_prompts": 3, "max_new_tokens": 16},
+    )
+    metrics = json.loads((trained_run / "evaluation" / "metrics.json").read_text("utf-8"))
+    base, tuned = metrics["scores"]
+    assert (base["name"], tuned["name"]) == ("base", "fine-tuned")
+    assert base["reply_tokens"] == tuned["reply_tokens"] > 100
+    assert base["perplexity"] != tuned["perplexity"]  # the adapter was applied
+    for row in (base, tuned):
+        assert row["replies"] == 3 and row["bits_per_character"] > 0
+        assert 0 <= row["chrf_pp"] <= 100 and 0 <= row["script_share"] <= 1
+    assert (trained_run / "evaluation" / "comparison.png").stat().st_size > 10_000
+    assert len(logged_replies(trained_run)) == before + 6
+    executed = nbformat.read(trained_run / "notebooks" / "03_evaluate.ipynb", as_version=4)
+    shown = json.dumps([c.get("outputs") for c in executed.cells if c.cell_type == "code"])
+    assert "image/png" in shown and "chrf_pp" in shown
+
+
+@pytest.mark.notebook
+def test_chat_notebook_builds_the_widget_and_runs_a_scripted_exchange(trained_run):
+    before = len(logged_replies(trained_run))
+    run_notebook("chat", {"run_dir": str(trained_run), "max_new_tokens": 12})
+    executed = nbformat.read(trained_run / "notebooks" / "04_chat.ipynb", as_version=4)
+    shown = json.dumps([c.get("outputs") for c in executed.cells if c.cell_type == "code"])
+    assert "application/vnd.jupyter.widget-view+json" in shown  # the chat widget was built
+    new = logged_replies(trained_run)[before:]
+    assert [r["prompt"] for r in new] == ["নমস্কার! আপনি কে?", "আমাকে একটি ছোট উপদেশ দিন।"]
+    assert [r["history_turns"] for r in new] == [0, 1]  # the second turn saw the first
+    assert all(r["adapter"].endswith("adapter") and r["new_tokens"] > 0 for r in new)
+    assert new[0]["settings"]["temperature"] == 0.7

@@ -20,7 +20,6 @@ from lowres_ft.backends import BackendChoice, Hardware, choose_backend, choose_p
 from lowres_ft.config import ConfigError, RunConfig
 from lowres_ft.data.format import tokenize_for_training
 from lowres_ft.data.prepare import prepare_data
-from lowres_ft.shapes import build_random_model, tiny_tokenizer
 from lowres_ft.train import (
     NanGuard,
     TrainingError,
@@ -40,14 +39,6 @@ L4 = Hardware("cuda", "NVIDIA L4", (8, 9), 22.5, 1)
 A100 = Hardware("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 39.6, 1)
 H100 = Hardware("cuda", "NVIDIA H100 80GB HBM3", (9, 0), 79.1, 1)
 CPU = Hardware("cpu", "x86_64")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, shared_data) -> Path:
-    rows = [json.loads(line) for line in (shared_data / "bn_instruct/bn_instruct.jsonl").open()]
-    texts = [r["instruction"] + "\n" + r["output"] for r in rows[:800]]
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    return build_random_model(folder, "tiny", tiny_tokenizer(texts, vocab_size=1000))
 
 
 @pytest.fixture(scope="session")
@@ -288,7 +279,7 @@ def test_a_trained_adapter_stops_at_the_end_of_its_reply(tiny_model, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lowres_ft.generate import generate_reply
+    from lowres_ft.generate import GenerationSettings, generate_reply
 
     chat = [
         {"role": "user", "content": "নমস্কার, কেমন আছেন?"},
@@ -322,6 +313,6 @@ def test_a_trained_adapter_stops_at_the_end_of_its_reply(tiny_model, tmp_path):
         AutoModelForCausalLM.from_pretrained(tiny_model), result.adapter_dir
     )
     tokenizer = AutoTokenizer.from_pretrained(result.adapter_dir)
-    reply = generate_reply(model, tokenizer, chat[:1], max_new_tokens=40)
+    reply = generate_reply(model, tokenizer, chat[:1], GenerationSettings(max_new_tokens=40))
     assert reply.stopped_at_eos and reply.new_tokens < 40, reply
     assert reply.text == "ভালো আছি, ধন্যবাদ।"
