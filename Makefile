@@ -25,8 +25,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # The demo trains for a bounded number of steps so it finishes on a 2-core CPU; on a GPU
 # drop the limits and train for whole epochs.
-DEMO_FLAGS ?= --max-steps 30 --max-seq-length 512 --batch-size 2 --learning-rate 5e-4 \
-	--eval-steps 15 --eval-max-rows 24 --save-steps 15
+DEMO_FLAGS ?= --max-steps 24 --max-seq-length 512 --batch-size 2 --learning-rate 5e-4 \
+	--eval-steps 12 --eval-max-rows 16 --save-steps 12 --eval-prompts 12
 
 demo: install
 	$(BIN)/lowres-ft run --run-dir $(RUN_DIR) $(DEMO_FLAGS)

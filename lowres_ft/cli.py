@@ -15,7 +15,7 @@ import logging
 import sys
 from typing import Any
 
-from lowres_ft.config import LowresError, RunConfig, field_help, inherit_config
+from lowres_ft.config import LowresError, RunConfig, field_help, inherit_config, load_recipe
 from lowres_ft.notebooks import PIPELINE, run_notebook, run_pipeline
 
 
@@ -86,6 +86,37 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Run the stages {', '.join(PIPELINE)} on one run folder.",
     )
     _add_config_flags(run)
+    sweep = commands.add_parser(
+        "sweep",
+        help="run 02 + 03 over a parameter grid, one run folder per configuration",
+        description="Prepare the data once (or reuse --data-from), then train and evaluate every "
+        "combination of the --grid values in <sweep-dir>/<configuration>/, and write "
+        "<sweep-dir>/results.csv and sweep.png (validation loss and chrF++ per configuration). "
+        "Finished configurations are skipped, so running the same command again resumes.",
+    )
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="NAME=V1,V2",
+        help="a RunConfig field and its values; repeat for more, e.g. --grid "
+        "learning_rate=1e-4,2e-4 --grid lora_r=8,16",
+    )
+    sweep.add_argument("--sweep-dir", default="runs/sweep", help="where the run folders go")
+    sweep.add_argument("--data-from", default=None, help="a run folder with prepared data")
+    _add_config_flags(sweep)
+    for command in (prepare, train, evaluate, chat, run, sweep):
+        command.add_argument(
+            "--recipe",
+            default=None,
+            help="a recipes/*.yaml parameters file; flags given here win over it",
+        )
+        command.add_argument(
+            "--model",
+            dest="model_name",
+            default=argparse.SUPPRESS,
+            help="shortcut for --model-name; 'embedded' runs a recipe as a CPU trial",
+        )
     return parser
 
 
@@ -93,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
-    parameters: dict[str, Any] = args
+    recipe = args.pop("recipe", None)
     try:
+        parameters: dict[str, Any] = load_recipe(recipe, **args) if recipe else args
         if command == "prepare":
             output = run_notebook("prepare", parameters)
             print(f"executed notebook: {output}")
@@ -115,6 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "run":
             for output in run_pipeline(parameters):
                 print(f"executed notebook: {output}")
+        elif command == "sweep":
+            from lowres_ft.sweep import parse_grid, run_sweep
+
+            grid = parse_grid(parameters.pop("grid"))
+            sweep_dir, data_from = parameters.pop("sweep_dir"), parameters.pop("data_from")
+            result = run_sweep(parameters, grid, sweep_dir, data_from)
+            print(
+                f"ran {len(result.ran)}, skipped {len(result.skipped)} (done before); "
+                f"table: {result.table_path}"
+            )
     except LowresError as error:
         print(f"lowres-ft: {error}", file=sys.stderr)
         return 2

@@ -94,6 +94,7 @@ class RunConfig:
     logging_steps: int = 5  # log loss, learning rate and speed every N steps
     eval_steps: int = 50  # evaluate on the validation split every N steps (0: only at the end)
     eval_max_rows: int = 0  # evaluate on at most this many validation rows (0: all)
+    eval_each_epoch: bool = False  # evaluate at each epoch's end instead of every eval_steps
     save_steps: int = 50  # checkpoint every N steps
     save_minutes: float = 10.0  # ...and at least every M minutes (a Colab session can drop)
     save_total_limit: int = 2  # keep the last K checkpoints
@@ -257,6 +258,39 @@ def inherit_config(run_dir: str, **parameters: Any) -> tuple[RunConfig, dict[str
     # run_dir as given: the folder may have moved since it was written
     config = RunConfig.from_dict({**saved.to_dict(), **given, "run_dir": str(run_dir)})
     return config, overrides
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> dict[str, Any]:
+    """A recipe's parameters (a YAML file of RunConfig fields, as papermill's `-f` takes it)
+    with overrides on top. Overriding model_name on a machine without a GPU is a CPU trial of
+    the recipe: its GPU-only choices (backend, precision) fall back to auto, with a note."""
+    import yaml
+
+    file = find_path(path)
+    if not file.exists():
+        raise ConfigError(f"recipe {path} not found; the recipes are in recipes/*.yaml.")
+    values = yaml.safe_load(file.read_text("utf-8")) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{file}: a recipe is a mapping of RunConfig fields to values.")
+    unknown = set(values) - RunConfig.field_names()
+    if unknown:
+        raise ConfigError(f"{file}: unknown RunConfig field(s) {', '.join(sorted(unknown))}.")
+    values.update(overrides)
+    if "model_name" in overrides and not _has_cuda():
+        for name in ("backend", "precision"):
+            if values.get(name, "auto") != "auto":
+                logger.info("CPU trial of %s: %s %r -> 'auto'", file.name, name, values[name])
+                values[name] = "auto"
+    return values
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def make_config(**parameters: Any) -> RunConfig:

@@ -136,6 +136,9 @@ def sft_config(config: RunConfig, choice: BackendChoice, packing: bool) -> Any:
     optim = config.optim
     if optim == "auto":
         optim = "paged_adamw_8bit" if on_gpu and choice.load_in_4bit else "adamw_torch"
+    elif not on_gpu and optim != "adamw_torch":  # bitsandbytes optimizers need a GPU
+        logger.warning("optim=%r needs a CUDA GPU (bitsandbytes): AdamW on the CPU", optim)
+        optim = "adamw_torch"
     eval_steps = config.eval_steps or None
     return SFTConfig(
         output_dir=str(checkpoint_dir(config)),
@@ -161,7 +164,7 @@ def sft_config(config: RunConfig, choice: BackendChoice, packing: bool) -> Any:
         train_sampling_strategy="random" if packing else "group_by_length",
         logging_steps=config.logging_steps,
         logging_first_step=True,
-        eval_strategy="steps" if eval_steps else "no",
+        eval_strategy="epoch" if config.eval_each_epoch else "steps" if eval_steps else "no",
         eval_steps=eval_steps,
         eval_on_start=not config.resume,
         prediction_loss_only=True,  # never keep full-vocabulary logits across eval batches

@@ -4,6 +4,7 @@ CUDA GPU, and plain LoRA in fp32 on the CPU."""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from lowres_ft.backends import BackendChoice, target_modules, torch_dtype
@@ -25,7 +26,8 @@ class HFBackend:
             "attn_implementation": "sdpa",
         }
         if choice.name != "cpu":
-            kwargs["device_map"] = {"": 0}
+            # one process per GPU under accelerate/torchrun: each loads its copy on its own GPU
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
         if choice.load_in_4bit:
             from transformers import BitsAndBytesConfig
 
