@@ -3,7 +3,8 @@
 lowres-ft prepare --data-path corpus.txt --language as --run-dir runs/as1
 lowres-ft evaluate --run-dir runs/demo       # base vs fine-tuned: perplexity, chrF++, script
 lowres-ft chat --run-dir runs/demo           # talk to the fine-tuned model in the terminal
-lowres-ft run --run-dir runs/demo            # prepare, train, evaluate, on the embedded defaults
+lowres-ft export --run-dir runs/demo         # merged model, GGUF, Modelfile, model card
+lowres-ft run --run-dir runs/demo            # prepare, train, evaluate, export (the demo)
 """
 
 from __future__ import annotations
@@ -80,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--web", action="store_true", help="serve the Gradio chat app instead")
     chat.add_argument("--port", type=int, default=7860, help="port of the web chat")
     _add_config_flags(chat)
+    export = commands.add_parser(
+        "export",
+        help="merge, convert to GGUF, write a Modelfile and model card (notebook 05)",
+        description="Into <run-dir>/export/: the adapter, base + adapter merged in 16-bit "
+        "(safetensors), GGUF files (--gguf-types; converted with llama.cpp's own script), an "
+        "Ollama Modelfile and a model card. With HF_TOKEN set and --hub-repo-id, pushes the "
+        "folder to the Hugging Face Hub; without a token it lists what would be pushed.",
+    )
+    _add_config_flags(export)
     run = commands.add_parser(
         "run",
         help="run the pipeline: " + " -> ".join(PIPELINE) + " (the demo)",
@@ -105,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sweep-dir", default="runs/sweep", help="where the run folders go")
     sweep.add_argument("--data-from", default=None, help="a run folder with prepared data")
     _add_config_flags(sweep)
-    for command in (prepare, train, evaluate, chat, run, sweep):
+    for command in (prepare, train, evaluate, chat, export, run, sweep):
         command.add_argument(
             "--recipe",
             default=None,
@@ -141,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result.to_json(), indent=2))
         elif command == "evaluate":
             output = run_notebook("evaluate", parameters)
+            print(f"executed notebook: {output}")
+        elif command == "export":
+            output = run_notebook("export", parameters)
             print(f"executed notebook: {output}")
         elif command == "chat":
             return _chat(parameters)

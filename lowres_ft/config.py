@@ -114,6 +114,12 @@ class RunConfig:
     repetition_penalty: float = 1.1  # above 1 discourages loops like "একরে একরে"
     stop_at_sentence_end: bool = False  # also stop at the first danda or . ? !
 
+    # --- export --------------------------------------------------------------------------------
+    merge_dtype: str = "fp16"  # fp16 | bf16 | fp32: weights of the merged model (never 4-bit)
+    gguf_types: str = "f16,q8_0,q4_k_m"  # GGUF files to write; q4_k_m where llama-quantize exists
+    hub_repo_id: str = ""  # push the export to this Hugging Face repo (needs HF_TOKEN)
+    hub_private: bool = True  # create that repo as private
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -144,6 +150,7 @@ class RunConfig:
         _one_of("packing", self.packing, PACKING)
         _one_of("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
         _one_of("optim", self.optim, OPTIMIZERS)
+        _one_of("merge_dtype", self.merge_dtype, ("fp16", "bf16", "fp32"))
         if self.eval_prompts < 0 or self.max_new_tokens < 0:
             raise ConfigError("eval_prompts and max_new_tokens: use 0 or a positive number.")
         from lowres_ft.generate import GenerationSettings  # checks preset and sampling knobs

@@ -33,8 +33,9 @@ STAGES = {
     "train": "02_train.ipynb",
     "evaluate": "03_evaluate.ipynb",
     "chat": "04_chat.ipynb",
+    "export": "05_export.ipynb",
 }
-PIPELINE = ("prepare", "train", "evaluate")  # what `lowres-ft run` and the demo execute
+PIPELINE = ("prepare", "train", "evaluate", "export")  # `lowres-ft run` and the demo
 
 
 def notebook_path(stage_or_name: str) -> Path:

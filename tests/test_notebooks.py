@@ -201,3 +201,20 @@ def test_chat_notebook_builds_the_widget_and_runs_a_scripted_exchange(trained_ru
     assert [r["history_turns"] for r in new] == [0, 1]  # the second turn saw the first
     assert all(r["adapter"].endswith("adapter") and r["new_tokens"] > 0 for r in new)
     assert new[0]["settings"]["temperature"] == 0.7
+
+
+@pytest.mark.notebook
+def test_export_notebook_writes_merged_model_gguf_modelfile_and_card(trained_run):
+    run_notebook("export", {"run_dir": str(trained_run), "gguf_types": "f16,q8_0"})
+    export = trained_run / "export"
+    assert (export / "adapter" / "adapter_model.safetensors").exists()
+    assert list((export / "merged").glob("*.safetensors"))
+    ggufs = sorted(p.name for p in export.glob("*.gguf"))
+    assert len(ggufs) == 2 and any("f16" in n for n in ggufs) and any("q8_0" in n for n in ggufs)
+    modelfile = (export / "Modelfile").read_text("utf-8")
+    assert "FROM ./" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    card = (export / "README.md").read_text("utf-8")
+    assert "bn" in card and "fine-tuned" in card  # languages, and 03's table when it ran
+    executed = nbformat.read(trained_run / "notebooks" / "05_export.ipynb", as_version=4)
+    shown = json.dumps([c.get("outputs") for c in executed.cells if c.cell_type == "code"])
+    assert "merged model" in shown
