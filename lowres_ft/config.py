@@ -188,6 +188,16 @@ class RunConfig:
         """The adapter to evaluate or chat with: adapter_dir, else the one training saved."""
         return Path(self.adapter_dir) if self.adapter_dir else Path(self.run_dir) / ADAPTER_DIR
 
+    def trained_adapter(self) -> Path:
+        """adapter_path(), checked: the stages after training need a saved LoRA adapter."""
+        adapter = self.adapter_path()
+        if not (adapter / "adapter_config.json").exists():
+            raise ConfigError(
+                f"no LoRA adapter in {adapter}: run notebooks/02_train.ipynb (or `lowres-ft "
+                f"train`) on run_dir={self.run_dir!r} first, or set adapter_dir."
+            )
+        return adapter
+
     # --- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -262,12 +262,7 @@ def score_model(
 def evaluate_run(config: RunConfig, include_base: bool = True, progress: bool = True) -> Evaluation:
     """Base vs fine-tuned on the same rows and settings; saved under <run_dir>/evaluation."""
     records = evaluation_records(config)
-    adapter = config.adapter_path()
-    if not (adapter / "adapter_config.json").exists():
-        raise EvaluationError(
-            f"no adapter in {adapter}: run notebooks/02_train.ipynb (or `lowres-ft train`) on "
-            f"run_dir={config.run_dir!r} first, or set adapter_dir."
-        )
+    adapter = config.trained_adapter()
     settings = GenerationSettings.from_config(config)
     log = ResponseLog(config.run_dir)
     candidates = [("base", None)] if include_base else []

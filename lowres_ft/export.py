@@ -48,7 +48,7 @@ MODELFILE = "Modelfile"
 CARD_FILE = "README.md"
 
 # The llama-cpp-python source distribution whose vendored llama.cpp converts to GGUF. Its
-# gguf-py is gguf 0.19.0; its converter imports sentencepiece for every Llama-family model.
+# gguf-py is gguf 0.19.0; it reads SentencePiece tokenizers with the sentencepiece package.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 LLAMA_CPP_ENV = "LOWRES_FT_LLAMA_CPP"  # a llama.cpp checkout to use instead of the download
@@ -336,8 +336,7 @@ def export_gguf(
     if not converted:
         return result
     converter = llama_cpp_dir()
-    _check_converter_imports()
-    env = _converter_env(converter)
+    env = _converter_env(converter, _sentencepiece_stand_in(merged_dir))
     script = str(converter / "convert_hf_to_gguf.py")
     targets = {t: out_dir / f"{name}-{t}.gguf" for t in converted + quantize}
     steps = {
@@ -401,20 +400,48 @@ def _run_steps(
         logger.info("%s %s: %.0f s", what, ", ".join(steps), time.perf_counter() - started)
 
 
-def _check_converter_imports() -> None:
+def _has_sentencepiece() -> bool:
     import importlib.util
 
-    if importlib.util.find_spec("sentencepiece") is None:
+    return importlib.util.find_spec("sentencepiece") is not None
+
+
+_SENTENCEPIECE_STAND_IN = '''"""Written by lowres-ft: llama.cpp's converter imports sentencepiece
+for every Llama-family model before it looks for tokenizer.model; a model without that file never
+uses it."""
+
+
+class SentencePieceProcessor:
+    def __init__(self, *args, **kwargs):
+        raise ImportError("sentencepiece is not installed: pip install sentencepiece")
+'''
+
+
+def _sentencepiece_stand_in(merged_dir: Path) -> Path | None:
+    """None where sentencepiece is installed. Else a folder with a stand-in module for the
+    converter's path, which only a model with a BPE tokenizer.json (SmolLM2, Llama 3, Qwen)
+    can do with; a SentencePiece model (tokenizer.model: Mistral, Gemma) needs the package."""
+    if _has_sentencepiece():
+        return None
+    if (merged_dir / "tokenizer.model").exists():
         raise ExportError(
-            "llama.cpp's converter imports sentencepiece for every Llama-family model, and it is "
-            "not installed: `pip install sentencepiece` (lowres-ft's install includes it)."
+            f"{merged_dir} has a SentencePiece tokenizer (tokenizer.model), and llama.cpp's "
+            "converter needs the sentencepiece package to read it: `pip install sentencepiece`."
         )
+    folder = cache_dir() / "llama.cpp" / "without-sentencepiece"
+    module = folder / "sentencepiece" / "__init__.py"
+    if not module.exists() or module.read_text("utf-8") != _SENTENCEPIECE_STAND_IN:
+        module.parent.mkdir(parents=True, exist_ok=True)
+        module.write_text(_SENTENCEPIECE_STAND_IN, "utf-8")
+    return folder
 
 
-def _converter_env(converter: Path) -> dict[str, str]:
+def _converter_env(converter: Path, extra_path: Path | None = None) -> dict[str, str]:
     """The converter's own gguf-py first on the path; no hub access; no tokens passed on."""
     env = {k: v for k, v in os.environ.items() if k not in TOKEN_ENV and k != "NO_LOCAL_GGUF"}
     paths = [str(converter / "gguf-py"), str(converter)]
+    if extra_path is not None:
+        paths.append(str(extra_path))
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -1146,12 +1173,7 @@ def export_run(config: RunConfig, progress: bool = True) -> ExportResult:
     from tqdm.auto import tqdm
 
     folder = export_dir(config)
-    adapter = config.adapter_path()
-    if not (adapter / "adapter_config.json").exists():
-        raise ExportError(
-            f"no LoRA adapter in {adapter}: run notebooks/02_train.ipynb (or `lowres-ft train`) "
-            f"on run_dir={config.run_dir!r} first, or set adapter_dir."
-        )
+    adapter = config.trained_adapter()
     folder.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}

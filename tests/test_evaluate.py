@@ -13,12 +13,11 @@ import pytest
 import torch
 
 from lowres_ft import evaluate
-from lowres_ft.config import RunConfig
+from lowres_ft.config import ConfigError, RunConfig
 from lowres_ft.data.format import tokenize_for_training
 from lowres_ft.data.load import Record
 from lowres_ft.data.prepare import prepare_data, read_records
 from lowres_ft.evaluate import (
-    EvaluationError,
     evaluate_run,
     prompts_and_references,
     reply_loss,
@@ -150,5 +149,5 @@ def test_base_vs_fine_tuned_run_writes_table_chart_examples_and_log(bengali_run,
 
 def test_evaluation_without_an_adapter_says_to_train_first(bengali_run, tmp_path):
     config = RunConfig(**{**bengali_run.to_dict(), "adapter_dir": str(tmp_path / "none")})
-    with pytest.raises(EvaluationError, match="run notebooks/02_train.ipynb"):
+    with pytest.raises(ConfigError, match="run notebooks/02_train.ipynb"):
         evaluate_run(config, progress=False)

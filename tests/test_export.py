@@ -150,7 +150,8 @@ def test_merge_without_an_adapter_says_to_train_first(tiny_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def smol_export(tmp_path_factory):
-    """export_run on SmolLM2-135M with a random adapter, a hub repo named and no token."""
+    """export_run on SmolLM2-135M with a random adapter, a hub repo named and no token, as on
+    a machine without sentencepiece (which a BPE tokenizer never needs)."""
     run_dir = tmp_path_factory.mktemp("smol") / "run"
     random_adapter(resolve_model("embedded"), run_dir / "adapter", scale=0.05)
     config = RunConfig(run_dir=str(run_dir), model_name="embedded")
@@ -158,6 +159,7 @@ def smol_export(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         without_tokens(patch, run_dir)
         patch.setattr("huggingface_hub.HfApi", RefusingHub)
+        patch.setattr(export, "_has_sentencepiece", lambda: False)
         result = export_run(config, progress=False)
     return config, result
 
@@ -402,6 +404,14 @@ def test_converter_is_fetched_once_then_reused_from_the_cache(monkeypatch):
 
     monkeypatch.setattr(export.subprocess, "run", no_network)
     assert llama_cpp_dir() == first
+
+
+def test_a_sentencepiece_model_without_the_package_says_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "_has_sentencepiece", lambda: False)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.model").write_bytes(b"")  # as Mistral and Gemma ship theirs
+    with pytest.raises(ExportError, match="pip install sentencepiece"):
+        export_gguf(tmp_path, tmp_path / "out", ("f16",))
 
 
 def test_an_unknown_tokenizer_fails_with_the_log_tail_and_what_to_do(tiny_lora, tmp_path):
