@@ -48,7 +48,7 @@ MODELFILE = "Modelfile"
 CARD_FILE = "README.md"
 
 # The llama-cpp-python source distribution whose vendored llama.cpp converts to GGUF. Its
-# gguf-py is gguf 0.19.0; it reads SentencePiece tokenizers with the sentencepiece package.
+# gguf-py is gguf 0.19.0; its converter imports sentencepiece for every Llama-family model.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 LLAMA_CPP_ENV = "LOWRES_FT_LLAMA_CPP"  # a llama.cpp checkout to use instead of the download
@@ -58,9 +58,6 @@ _MARKER = "lowres_ft_extracted.txt"
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # written by convert_hf_to_gguf.py itself
 QUANTIZE_TYPES = ("q4_0", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k")  # need llama-quantize, from f16
 DEFAULT_GGUF_TYPES = ("f16", "q8_0")
-# What export_run asks for when the config does not say: q4_k_m is skipped, with the reason,
-# where no llama-quantize binary is found.
-RUN_GGUF_TYPES = "f16,q8_0,q4_k_m"
 MODELFILE_PREFERENCE = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "f32", "q4_k_s", "q4_0")
 MERGE_DTYPES = ("fp16", "bf16", "fp32")
 
@@ -118,7 +115,7 @@ def merge_adapter(
             f"on run_dir={config.run_dir!r} first, or set adapter_dir."
         )
     out = Path(out) if out else export_dir(config) / MERGED_DIR
-    save_dtype = dtype or getattr(config, "merge_dtype", "fp16")
+    save_dtype = dtype or config.merge_dtype
     if save_dtype not in MERGE_DTYPES:
         raise ExportError(f"merge_dtype={save_dtype!r}: use one of {', '.join(MERGE_DTYPES)}.")
     base = resolve_model(config.model_name)
@@ -336,7 +333,8 @@ def export_gguf(
     if not converted:
         return result
     converter = llama_cpp_dir()
-    env = _converter_env(converter, _sentencepiece_stand_in(merged_dir))
+    _check_sentencepiece()
+    env = _converter_env(converter)
     script = str(converter / "convert_hf_to_gguf.py")
     targets = {t: out_dir / f"{name}-{t}.gguf" for t in converted + quantize}
     steps = {
@@ -406,42 +404,18 @@ def _has_sentencepiece() -> bool:
     return importlib.util.find_spec("sentencepiece") is not None
 
 
-_SENTENCEPIECE_STAND_IN = '''"""Written by lowres-ft: llama.cpp's converter imports sentencepiece
-for every Llama-family model before it looks for tokenizer.model; a model without that file never
-uses it."""
-
-
-class SentencePieceProcessor:
-    def __init__(self, *args, **kwargs):
-        raise ImportError("sentencepiece is not installed: pip install sentencepiece")
-'''
-
-
-def _sentencepiece_stand_in(merged_dir: Path) -> Path | None:
-    """None where sentencepiece is installed. Else a folder with a stand-in module for the
-    converter's path, which only a model with a BPE tokenizer.json (SmolLM2, Llama 3, Qwen)
-    can do with; a SentencePiece model (tokenizer.model: Mistral, Gemma) needs the package."""
-    if _has_sentencepiece():
-        return None
-    if (merged_dir / "tokenizer.model").exists():
+def _check_sentencepiece() -> None:
+    if not _has_sentencepiece():
         raise ExportError(
-            f"{merged_dir} has a SentencePiece tokenizer (tokenizer.model), and llama.cpp's "
-            "converter needs the sentencepiece package to read it: `pip install sentencepiece`."
+            "llama.cpp's converter imports sentencepiece for every Llama-family model (before it "
+            "looks for a tokenizer.model) and it is not installed: `pip install sentencepiece`."
         )
-    folder = cache_dir() / "llama.cpp" / "without-sentencepiece"
-    module = folder / "sentencepiece" / "__init__.py"
-    if not module.exists() or module.read_text("utf-8") != _SENTENCEPIECE_STAND_IN:
-        module.parent.mkdir(parents=True, exist_ok=True)
-        module.write_text(_SENTENCEPIECE_STAND_IN, "utf-8")
-    return folder
 
 
-def _converter_env(converter: Path, extra_path: Path | None = None) -> dict[str, str]:
+def _converter_env(converter: Path) -> dict[str, str]:
     """The converter's own gguf-py first on the path; no hub access; no tokens passed on."""
     env = {k: v for k, v in os.environ.items() if k not in TOKEN_ENV and k != "NO_LOCAL_GGUF"}
     paths = [str(converter / "gguf-py"), str(converter)]
-    if extra_path is not None:
-        paths.append(str(extra_path))
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -1001,7 +975,7 @@ def _card_limits(config: RunConfig, scores: list[dict[str, Any]]) -> list[str]:
 
 
 def _card_usage(config: RunConfig, out_dir: Path) -> list[str]:
-    repo = getattr(config, "hub_repo_id", "") or ""
+    repo = config.hub_repo_id
     adapter = f'"{repo}", subfolder="adapter"' if repo else '"./adapter"'
     merged = f'"{repo}", subfolder="merged"' if repo else '"./merged"'
     ggufs = {p.stem.rsplit("-", 1)[-1]: p.name for p in out_dir.glob("*.gguf")}
@@ -1137,6 +1111,7 @@ class ExportResult:
     hub_url: str | None = None
     hub_plan: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)  # the converter's output, by GGUF type
 
     def table(self) -> list[dict[str, Any]]:
         """One row per artefact (or skipped step), for the notebook to show."""
@@ -1161,10 +1136,7 @@ class ExportResult:
 
 
 def gguf_types(config: RunConfig) -> list[str]:
-    value = getattr(config, "gguf_types", RUN_GGUF_TYPES)
-    if isinstance(value, str):
-        value = value.split(",")
-    return [t.strip().lower() for t in value if t.strip()]
+    return [t.strip().lower() for t in config.gguf_types.split(",") if t.strip()]
 
 
 def export_run(config: RunConfig, progress: bool = True) -> ExportResult:
@@ -1221,7 +1193,7 @@ def export_run(config: RunConfig, progress: bool = True) -> ExportResult:
     done("modelfile")
 
     stage("card")
-    repo = getattr(config, "hub_repo_id", "") or ""
+    repo = config.hub_repo_id
     notes = dict(skipped)
     card = write_model_card(config, config.run_dir, folder, notes)
     done("card")
@@ -1232,9 +1204,12 @@ def export_run(config: RunConfig, progress: bool = True) -> ExportResult:
     if not repo:
         skipped["hub"] = "hub_repo_id is empty: set it (e.g. 'your-name/model') to push"
     else:
-        url = push_to_hub(folder, repo, private=getattr(config, "hub_private", True))
+        url = push_to_hub(folder, repo, private=config.hub_private)
         if url is None:
             skipped["hub"] = "no Hugging Face token: set HF_TOKEN (on Colab, a secret) to push"
     done("hub")
     bar.close()
-    return ExportResult(folder, copied, merged, files, modelfile, card, skipped, url, plan, seconds)
+    logs = result.logs if result else {}
+    return ExportResult(
+        folder, copied, merged, files, modelfile, card, skipped, url, plan, seconds, logs
+    )

@@ -150,16 +150,15 @@ def test_merge_without_an_adapter_says_to_train_first(tiny_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def smol_export(tmp_path_factory):
-    """export_run on SmolLM2-135M with a random adapter, a hub repo named and no token, as on
-    a machine without sentencepiece (which a BPE tokenizer never needs)."""
+    """export_run on SmolLM2-135M with a random adapter, a hub repo named and no token."""
     run_dir = tmp_path_factory.mktemp("smol") / "run"
     random_adapter(resolve_model("embedded"), run_dir / "adapter", scale=0.05)
-    config = RunConfig(run_dir=str(run_dir), model_name="embedded")
-    config.hub_repo_id = "someone/smollm2-bn"  # read with getattr until RunConfig has it
+    config = RunConfig(
+        run_dir=str(run_dir), model_name="embedded", hub_repo_id="someone/smollm2-bn"
+    )
     with pytest.MonkeyPatch.context() as patch:
         without_tokens(patch, run_dir)
         patch.setattr("huggingface_hub.HfApi", RefusingHub)
-        patch.setattr(export, "_has_sentencepiece", lambda: False)
         result = export_run(config, progress=False)
     return config, result
 
@@ -186,6 +185,7 @@ def test_export_run_fills_the_export_folder(smol_export):
     } <= pushed
     assert "adapter/adapter_model.safetensors" in pushed
     assert not any(path.endswith(".log") for path in pushed)
+    assert "Model successfully exported" in result.logs["q8_0"].read_text("utf-8")
     key = "model.layers.0.self_attn.q_proj.weight"
     base = Path(resolve_model("embedded")) / "model.safetensors"
     with safe_open(base, "pt") as a, safe_open(result.merged / "model.safetensors", "pt") as b:
@@ -406,10 +406,9 @@ def test_converter_is_fetched_once_then_reused_from_the_cache(monkeypatch):
     assert llama_cpp_dir() == first
 
 
-def test_a_sentencepiece_model_without_the_package_says_to_install_it(tmp_path, monkeypatch):
+def test_without_sentencepiece_the_export_says_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "_has_sentencepiece", lambda: False)
     (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "tokenizer.model").write_bytes(b"")  # as Mistral and Gemma ship theirs
     with pytest.raises(ExportError, match="pip install sentencepiece"):
         export_gguf(tmp_path, tmp_path / "out", ("f16",))
 
