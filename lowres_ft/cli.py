@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         "or disconnect, run the same command with --resume.",
     )
     _add_config_flags(train)
+    train.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="data-parallel over this many GPUs of this machine (e.g. Kaggle's T4 x2): one "
+        "process per GPU through torchrun, each with its own 4-bit copy; batch_size is per GPU",
+    )
     evaluate = commands.add_parser(
         "evaluate",
         help="compare the base and fine-tuned model (notebook 03)",
@@ -130,8 +138,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def data_parallel_command(argv: list[str], gpus: int) -> list[str]:
+    """The same `lowres-ft train` command, started once per GPU by torchrun."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            rest.append(arg)
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={gpus}",
+        "-m",
+        "lowres_ft.cli",
+        *rest,
+    ]
+
+
+def _launch_data_parallel(argv: list[str], gpus: int) -> int:
+    import subprocess
+
+    import torch
+
+    found = torch.cuda.device_count()
+    if found and found < gpus:
+        raise LowresError(f"--gpus {gpus}: this machine has {found} GPU(s); use --gpus {found}.")
+    if not found:
+        print(f"no CUDA GPU: --gpus {gpus} starts {gpus} CPU processes (gloo), for testing")
+    command = data_parallel_command(argv, gpus)
+    print("launching: " + " ".join(command[1:]))
+    return subprocess.call(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     recipe = args.pop("recipe", None)
@@ -141,14 +187,20 @@ def main(argv: list[str] | None = None) -> int:
             output = run_notebook("prepare", parameters)
             print(f"executed notebook: {output}")
         elif command == "train":
-            from lowres_ft.train import train
+            from lowres_ft.train import is_main_process, train
 
+            gpus = parameters.pop("gpus", 1)
+            if gpus < 1:
+                raise LowresError(f"--gpus {gpus}: use 1 or more.")
+            if gpus > 1 and "LOCAL_RANK" not in os.environ:
+                return _launch_data_parallel(argv, gpus)
             parameters.setdefault("run_dir", RunConfig().run_dir)
             config, overrides = inherit_config(**parameters)
             for name, (saved, new) in overrides.items():
                 print(f"override {name}: {saved!r} -> {new!r}")
             result = train(config)
-            print(json.dumps(result.to_json(), indent=2))
+            if is_main_process():
+                print(json.dumps(result.to_json(), indent=2))
         elif command == "evaluate":
             output = run_notebook("evaluate", parameters)
             print(f"executed notebook: {output}")

@@ -24,6 +24,7 @@ UNSAFE_PRESETS = ("none", "sensitive")
 BACKENDS = ("auto", "unsloth", "hf", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PACKING = ("auto", "on", "off")
+LIGER_MODES = ("auto", "on", "off")
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
 OPTIMIZERS = ("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
@@ -76,7 +77,7 @@ class RunConfig:
     load_in_4bit: bool = True  # QLoRA: NF4 4-bit base weights on a GPU (the CPU trains fp32)
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)
-    lora_dropout: float = 0.05  # dropout on the LoRA path
+    lora_dropout: float = 0.0  # dropout on the LoRA path (0 keeps Unsloth's fused LoRA kernels)
     lora_target_modules: str = "all-linear"  # "all-linear" or e.g. "q_proj,k_proj,v_proj,o_proj"
     use_rslora: bool = False  # rank-stabilised LoRA scaling
     batch_size: int = 4  # sequences per device per step
@@ -90,6 +91,7 @@ class RunConfig:
     max_grad_norm: float = 1.0  # gradient clipping
     packing: str = "auto"  # auto | on | off (auto: padding-free packing where attention allows)
     gradient_checkpointing: bool = True  # recompute activations: much less memory, ~30% slower
+    liger: str = "auto"  # auto | on | off: Liger kernels (loss without full logits) off Unsloth
     optim: str = "auto"  # auto (paged 8-bit AdamW on GPU, AdamW on CPU) or a named optimizer
     logging_steps: int = 5  # log loss, learning rate and speed every N steps
     eval_steps: int = 50  # evaluate on the validation split every N steps (0: only at the end)
@@ -148,6 +150,7 @@ class RunConfig:
         _one_of("backend", self.backend, BACKENDS)
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("packing", self.packing, PACKING)
+        _one_of("liger", self.liger, LIGER_MODES)
         _one_of("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
         _one_of("optim", self.optim, OPTIMIZERS)
         _one_of("merge_dtype", self.merge_dtype, ("fp16", "bf16", "fp32"))

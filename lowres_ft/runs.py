@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import sys
 from datetime import datetime, timezone
@@ -67,8 +68,9 @@ def start_run(config: RunConfig) -> Path:
     """Create the run folder, save config and environment, and log to run.log there."""
     folder = Path(config.run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    config.save(folder)
-    (folder / ENVIRONMENT_FILE).write_text(json.dumps(environment(), indent=2) + "\n")
+    if int(os.environ.get("RANK", "0")) == 0:  # one process per GPU: the first one writes
+        config.save(folder)
+        (folder / ENVIRONMENT_FILE).write_text(json.dumps(environment(), indent=2) + "\n")
     _log_to(folder / LOG_FILE)
     logging.getLogger("lowres_ft").info("run folder %s", folder.resolve())
     return folder

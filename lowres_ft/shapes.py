@@ -91,9 +91,15 @@ def tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> Any:
 
 
 def build_random_model(
-    folder: str | Path, shape: str, tokenizer: Any, seed: int = 0, dtype: str = "float32"
+    folder: str | Path,
+    shape: str,
+    tokenizer: Any,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
 ) -> Path:
-    """Save a random-weight Llama of `shape` with `tokenizer` into `folder`, loadable by name."""
+    """Save a random-weight Llama of `shape` with `tokenizer` into `folder`, loadable by name
+    (`device="cuda"` builds an 8B in seconds instead of minutes)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -110,8 +116,12 @@ def build_random_model(
         dtype=dtype,
     )
     torch.manual_seed(seed)
-    with torch.device("cpu"):
-        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    torch.set_default_dtype(getattr(torch, dtype))  # no fp32 copy of an 8B first
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lowres_ft.backends import BackendChoice, Hardware, choose_backend, detect_hardware, get_backend
-from lowres_ft.config import ADAPTER_DIR, LowresError, RunConfig
+from lowres_ft.config import ADAPTER_DIR, ConfigError, LowresError, RunConfig
 from lowres_ft.data.format import tokenize_for_training
 from lowres_ft.data.prepare import DATA_DIR, TRAIN_FILE, VALIDATION_FILE, read_records
 from lowres_ft.memory import GIB, MemoryStats, memory_stats, model_footprint, reset_peak
@@ -129,6 +129,27 @@ def use_packing(config: RunConfig, choice: BackendChoice) -> bool:
     return choice.name == "unsloth"
 
 
+def use_liger(config: RunConfig, choice: BackendChoice) -> bool:
+    """Liger's Triton kernels (a cross-entropy fused with the output layer, so the 128k-vocabulary
+    logits are never held; RMSNorm, SwiGLU, RoPE) on the transformers GPU backend. Unsloth has its
+    own, and Triton needs a GPU."""
+    if config.liger == "off" or choice.name != "hf":
+        if config.liger == "on" and choice.name == "cpu":
+            raise ConfigError("liger='on' needs a CUDA GPU (Triton kernels); use 'auto' or 'off'.")
+        return False
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError as error:
+        if config.liger == "on":
+            raise ConfigError(
+                f"liger='on' but liger-kernel does not import ({error}): pip install liger-kernel, "
+                "or use liger='auto'."
+            ) from None
+        logger.info("liger-kernel is not installed: the loss keeps full logits")
+        return False
+    return True
+
+
 def sft_config(config: RunConfig, choice: BackendChoice, packing: bool) -> Any:
     from trl import SFTConfig
 
@@ -158,6 +179,8 @@ def sft_config(config: RunConfig, choice: BackendChoice, packing: bool) -> Any:
         use_cpu=not on_gpu,
         gradient_checkpointing=config.gradient_checkpointing and choice.name != "unsloth",
         gradient_checkpointing_kwargs={"use_reentrant": False},
+        use_liger_kernel=use_liger(config, choice),
+        ddp_find_unused_parameters=False,  # one process per GPU: LoRA weights all get gradients
         max_length=config.max_seq_length,
         packing=packing,
         padding_free=packing,
@@ -203,6 +226,12 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
         processing_class=tokenizer,
     )
     keep_adapters_in_fp32(trainer.model, choice)
+    if (
+        trainer.args.use_liger_kernel
+    ):  # the trainer patches only in train(): pre-flight needs it now
+        from transformers.integrations.liger import apply_liger_kernel
+
+        apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
     _check_rows_survive(config, train_dataset, trainer.train_dataset, "training")
     if eval_dataset is not None and len(eval_dataset):
         _check_rows_survive(config, eval_dataset, trainer.eval_dataset, "validation")
@@ -220,6 +249,8 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
         model_footprint(trainer.model),
         contract,
     )
+    from lowres_ft.callbacks import MetricsCallback, NanGuard, TimedCheckpoints
+
     trainer.add_callback(MetricsCallback(setup))
     trainer.add_callback(NanGuard())
     trainer.add_callback(TimedCheckpoints(config.save_minutes))
@@ -467,102 +498,6 @@ def _planned_steps(setup: TrainingSetup, batch: int, accumulation: int) -> int:
     return math.ceil(per_epoch * config.num_train_epochs)
 
 
-# --- callbacks ------------------------------------------------------------------------------------
-
-
-def _callback_base() -> type:
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
-class MetricsCallback(_callback_base()):
-    """Appends each log (loss, learning rate, grad norm, step time, tokens/s, memory) to
-    metrics.jsonl; on resume, drops lines past the checkpoint so the log stays continuous."""
-
-    def __init__(self, setup: TrainingSetup) -> None:
-        self.path = Path(setup.config.run_dir) / METRICS_FILE
-        self.on_gpu = setup.hardware.device == "cuda"
-        self._last_time = 0.0
-        self._last_step = 0
-        self._last_tokens = 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        kept = []
-        if self.path.exists():
-            for line in self.path.read_text("utf-8").splitlines():
-                if line.strip() and json.loads(line)["step"] <= state.global_step:
-                    kept.append(line)
-        self.path.write_text("".join(f"{line}\n" for line in kept), "utf-8")
-        self._last_time, self._last_step = time.perf_counter(), state.global_step
-        self._last_tokens = state.num_input_tokens_seen
-        reset_peak()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        import torch
-
-        now = time.perf_counter()
-        steps = state.global_step - self._last_step
-        tokens = state.num_input_tokens_seen - self._last_tokens
-        row = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **(logs or {})}
-        if steps > 0:
-            row["step_seconds"] = round((now - self._last_time) / steps, 4)
-            row["tokens_per_second"] = round(tokens / max(now - self._last_time, 1e-9), 1)
-            self._last_time, self._last_step, self._last_tokens = (
-                now,
-                state.global_step,
-                state.num_input_tokens_seen,
-            )
-        if self.on_gpu:
-            row["memory_peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
-            row["memory_reserved_gib"] = round(torch.cuda.memory_reserved() / GIB, 3)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-
-
-class NanGuard(_callback_base()):
-    """Stops on a NaN/inf loss or one that explodes (fp16 overflow), without saving the bad
-    state: the last good checkpoint stays the latest."""
-
-    def __init__(self, factor: float = 5.0) -> None:
-        self.factor = factor
-        self.history: list[float] = []
-        self.reason = ""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is None:
-            return
-        recent = sorted(self.history[-10:])
-        median = recent[len(recent) // 2] if recent else None
-        if not math.isfinite(loss):
-            self.reason = f"loss is {loss} at step {state.global_step}"
-        elif median is not None and len(recent) >= 3 and loss > max(self.factor * median, 20.0):
-            self.reason = (
-                f"loss exploded to {loss:.2f} at step {state.global_step} (median {median:.2f})"
-            )
-        else:
-            self.history.append(loss)
-            return
-        control.should_training_stop = True
-        control.should_save = False
-
-
-class TimedCheckpoints(_callback_base()):
-    """Saves at least every `minutes`, whatever save_steps says (a Colab session may drop)."""
-
-    def __init__(self, minutes: float) -> None:
-        self.seconds = minutes * 60
-        self._last = time.monotonic()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.seconds and time.monotonic() - self._last >= self.seconds:
-            control.should_save = True
-
-    def on_save(self, args, state, control, **kwargs):
-        self._last = time.monotonic()
-
-
 # --- training and results -------------------------------------------------------------------
 
 
@@ -617,6 +552,8 @@ def run_training(setup: TrainingSetup, preflight_result: Preflight | None = None
             f"worst case before step 1). ({error})"
         ) from None
     seconds = time.perf_counter() - started
+    from lowres_ft.callbacks import NanGuard
+
     guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NanGuard))
     if guard.reason:
         raise TrainingError(
@@ -630,12 +567,21 @@ def run_training(setup: TrainingSetup, preflight_result: Preflight | None = None
     return save_results(setup, seconds)
 
 
+def is_main_process() -> bool:
+    """True in a single-process run and in rank 0 of a torchrun/accelerate launch."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def save_results(setup: TrainingSetup, seconds: float) -> TrainResult:
     config, trainer = setup.config, setup.trainer
     run_dir = Path(config.run_dir)
     adapter_dir = run_dir / ADAPTER_DIR
-    trainer.model.save_pretrained(adapter_dir)
-    setup.tokenizer.save_pretrained(adapter_dir)
+    main = is_main_process()
+    if main:  # every process holds the same adapter after data-parallel training
+        trainer.model.save_pretrained(adapter_dir)
+        setup.tokenizer.save_pretrained(adapter_dir)
     history = trainer.state.log_history
     train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     eval_losses = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
@@ -667,8 +613,9 @@ def save_results(setup: TrainingSetup, seconds: float) -> TrainResult:
         ],
         "log": metrics,
     }
-    (run_dir / EXPERIMENT_FILE).write_text(json.dumps(experiment, indent=2) + "\n", "utf-8")
-    plot_losses(train_losses, eval_losses).savefig(run_dir / LOSS_PNG, dpi=100)
+    if main:
+        (run_dir / EXPERIMENT_FILE).write_text(json.dumps(experiment, indent=2) + "\n", "utf-8")
+        plot_losses(train_losses, eval_losses).savefig(run_dir / LOSS_PNG, dpi=100)
     return result
 
 

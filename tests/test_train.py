@@ -4,6 +4,7 @@ folder, and resume after a real SIGKILL."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -17,11 +18,12 @@ import pytest
 import torch
 
 from lowres_ft.backends import BackendChoice, Hardware, choose_backend, choose_precision
+from lowres_ft.callbacks import NanGuard
+from lowres_ft.cli import data_parallel_command
 from lowres_ft.config import ConfigError, RunConfig
 from lowres_ft.data.format import tokenize_for_training
 from lowres_ft.data.prepare import prepare_data
 from lowres_ft.train import (
-    NanGuard,
     TrainingError,
     adapter_dtypes,
     check_stop_contract,
@@ -31,6 +33,7 @@ from lowres_ft.train import (
     read_metrics,
     setup_training,
     train,
+    use_liger,
 )
 
 T4 = Hardware("cuda", "Tesla T4", (7, 5), 15.0, 1)
@@ -316,3 +319,67 @@ def test_a_trained_adapter_stops_at_the_end_of_its_reply(tiny_model, tmp_path):
     reply = generate_reply(model, tokenizer, chat[:1], GenerationSettings(max_new_tokens=40))
     assert reply.stopped_at_eos and reply.new_tokens < 40, reply
     assert reply.text == "ভালো আছি, ধন্যবাদ।"
+
+
+def test_liger_kernels_are_used_only_on_the_transformers_gpu_backend():
+    hf = BackendChoice("hf", "bf16", True, "A100")
+    assert not use_liger(RunConfig(), BackendChoice("cpu", "fp32", False, "CPU"))
+    assert not use_liger(RunConfig(), BackendChoice("unsloth", "bf16", True, "own kernels"))
+    assert not use_liger(RunConfig(liger="off"), hf)
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        use_liger(RunConfig(liger="on"), BackendChoice("cpu", "fp32", False, "CPU"))
+    if importlib.util.find_spec("liger_kernel") is None:  # the CPU test machine
+        assert not use_liger(RunConfig(), hf)  # auto: quietly without
+        with pytest.raises(ConfigError, match="pip install liger-kernel"):
+            use_liger(RunConfig(liger="on"), hf)
+    else:
+        assert use_liger(RunConfig(), hf)
+
+
+def test_frozen_weights_go_back_to_bf16_after_kbit_preparation(tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lowres_ft.backends.hf import keep_frozen_weights_in
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    for parameter in model.parameters():  # as prepare_model_for_kbit_training leaves them
+        parameter.requires_grad = False
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    keep_frozen_weights_in(model, torch.bfloat16)
+    frozen = {str(p.dtype) for p in model.parameters() if not p.requires_grad}
+    assert frozen == {"torch.bfloat16"}
+    assert adapter_dtypes(model) == {"float32"}  # the trained LoRA weights keep fp32
+
+
+def test_gpus_flag_relaunches_the_same_command_once_per_gpu():
+    argv = ["train", "--run-dir", "runs/x", "--gpus", "2", "--max-steps", "5"]
+    command = data_parallel_command(argv, 2)
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert command[5:] == [
+        "-m",
+        "lowres_ft.cli",
+        "train",
+        "--run-dir",
+        "runs/x",
+        "--max-steps",
+        "5",
+    ]
+    assert "--gpus" not in data_parallel_command(["train", "--gpus=2"], 2)
+
+
+def test_data_parallel_training_writes_one_log_and_one_adapter(prepared_run, tmp_path):
+    """Two processes (gloo on the CPU, NCCL on GPUs) train one run folder: only rank 0 writes."""
+    run_dir = tmp_path / "ddp"
+    config = _config(
+        prepared_run, run_dir, max_steps=4, logging_steps=1, save_steps=100, eval_steps=0
+    )
+    config.save()
+    command = [sys.executable, "-m", "lowres_ft.cli", "train", "--run-dir", str(run_dir)]
+    done = subprocess.run([*command, "--gpus", "2"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "launching: -m torch.distributed.run" in done.stdout
+    assert done.stdout.count('"global_step": 4') == 1  # the result is printed once
+    steps = [row["step"] for row in read_metrics(run_dir) if "loss" in row]
+    assert steps == [1, 2, 3, 4]  # one line per step, not one per process
+    assert (run_dir / "adapter" / "adapter_model.safetensors").exists()

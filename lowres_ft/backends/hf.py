@@ -45,6 +45,8 @@ class HFBackend:
                 use_gradient_checkpointing=config.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
+            if choice.precision == "bf16":
+                keep_frozen_weights_in(model, dtype)
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
@@ -59,3 +61,14 @@ class HFBackend:
     def for_inference(self, model: Any) -> Any:
         model.eval()
         return model
+
+
+def keep_frozen_weights_in(model: Any, dtype: Any) -> None:
+    """prepare_model_for_kbit_training upcasts every weight that is not 4-bit (embeddings, output
+    layer, norms) to fp32, which fp16 needs for stability. bf16 has fp32's range, so there the copy
+    only doubles their memory and the traffic of every elementwise op: put them back."""
+    import torch
+
+    for parameter in model.parameters():
+        if parameter.dtype == torch.float32 and not parameter.requires_grad:
+            parameter.data = parameter.data.to(dtype)

@@ -1,0 +1,425 @@
+"""GPU training speed and memory per path, on random-weight Llama shapes (speed and memory do not
+depend on the weights' values). QLoRA r=16 on all linear layers, gradient checkpointing on; one
+step = forward + backward + optimizer update on the LoRA weights.
+
+Paths:
+  toolkit             the toolkit's default GPU path, through the notebooks' own calls
+                      (setup_training -> preflight -> run_training, backend auto)
+  toolkit-hf          the toolkit with backend='hf' (transformers + bitsandbytes + peft, Liger)
+  toolkit-hf-noliger  the same without Liger kernels (liger='off'): the effect of Liger
+  plain-hf            transformers + bitsandbytes NF4 + peft as their docs show it:
+                      prepare_model_for_kbit_training, SDPA, bf16 autocast, torch AdamW
+  unsloth-loop        Unsloth's FastLanguageModel + get_peft_model with its own checkpointing,
+                      in the same bare loop as plain-hf
+
+Each case runs in its own process (importing Unsloth patches transformers for the process).
+Warm-up steps are left out; the step time is the median of the measured steps. MFU counts the
+model's FLOPs (4 x matmul weights per token, since frozen weights get no weight gradients, plus
+causal attention; recomputation not counted) against a measured bf16 matmul ceiling.
+
+    python benchmarks/gpu_perf.py --tokenizer .gpu/tokenizer --data .gpu/data
+
+writes benchmarks/results/gpu_perf.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SHAPE_BATCHES = {  # shape: (sequence length, batch size)
+    "smollm2-135m": (2048, 4),
+    "llama-3.2-1b": (2048, 4),
+    "llama-3.1-8b": (2048, 2),
+}
+PATHS = ("toolkit", "toolkit-hf", "toolkit-hf-noliger", "plain-hf", "unsloth-loop")
+LORA_R, LORA_ALPHA = 16, 16
+LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RESULTS = Path(__file__).parent / "results"
+
+
+# --- numbers ---------------------------------------------------------------------------------
+
+
+def matmul_ceiling_tflops(size: int = 8192, repeats: int = 10) -> float:
+    """Median bf16 matmul rate on random data: the roof MFU is measured against."""
+    import torch
+
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
+def flops_per_token(shape: str, sequence: int) -> float:
+    """Training FLOPs per token with a frozen base: forward (2 per weight) and the input
+    gradients (2 per weight), plus causal attention (scores and values, forward and backward)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from lowres_ft.shapes import SHAPES
+
+    c = SHAPES[shape]
+    d, layers, inner = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"]
+    head = d // c["num_attention_heads"]
+    kv = c["num_key_value_heads"] * head
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * inner  # q, o; k, v; gate, up, down
+    matmul_weights = layers * per_layer + d * c["vocab_size"]  # + the output layer
+    attention = 6 * layers * sequence * d  # 2*s*d forward (causal half), twice that backward
+    return 4 * matmul_weights + attention
+
+
+def summarise(step_seconds: list[float], tokens_per_step: int, warmup: int) -> dict[str, Any]:
+    measured = step_seconds[warmup:]
+    median = statistics.median(measured)
+    return {
+        "step_seconds": round(median, 4),
+        "step_seconds_all": [round(s, 4) for s in step_seconds],
+        "tokens_per_step": tokens_per_step,
+        "tokens_per_second": round(tokens_per_step / median, 1),
+        "measured_steps": len(measured),
+    }
+
+
+# --- models and data -----------------------------------------------------------------------------
+
+
+def build_model(work: Path, shape: str, tokenizer_dir: str) -> Path:
+    """A random-weight bf16 checkpoint of `shape`, built on the GPU (an 8B init on 16 CPU cores
+    takes minutes)."""
+    from transformers import AutoTokenizer
+
+    from lowres_ft.shapes import build_random_model
+
+    folder = work / "models" / shape
+    if not (folder / "config.json").exists():
+        started = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        build_random_model(folder, shape, tokenizer, dtype="bfloat16", device="cuda")
+        print(f"built {shape} in {time.perf_counter() - started:.0f} s", flush=True)
+    return folder
+
+
+def long_rows(data_dir: str, tokenizer_dir: str, sequence: int, count: int) -> list[dict]:
+    """Real Bengali conversations joined into multi-turn chats of at least `sequence` tokens,
+    so every training row is cut at exactly `sequence` tokens: the shape under test. Counts with
+    the `tokenizers` library: importing transformers here would come before Unsloth's import."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    rows = [json.loads(line) for line in Path(data_dir, "train.jsonl").read_text().splitlines()]
+    chats, messages, tokens, index = [], [], 0, 0
+    while len(chats) < count:
+        row = rows[index % len(rows)]
+        index += 1
+        messages += row["messages"]
+        tokens += sum(len(tokenizer.encode(m["content"]).ids) + 5 for m in row["messages"])
+        if tokens > sequence + 64:
+            chats.append({"source": f"joined:{len(chats)}", "messages": messages})
+            messages, tokens = [], 0
+    return chats
+
+
+def write_run_data(run_dir: Path, rows: list[dict], validation: list[dict]) -> None:
+    folder = run_dir / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, items in (("train.jsonl", rows), ("validation.jsonl", validation)):
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items)
+        (folder / name).write_text(text, encoding="utf-8")
+
+
+# --- the paths --------------------------------------------------------------------------------
+
+
+def run_toolkit(args: argparse.Namespace, backend: str, liger: str) -> dict[str, Any]:
+    """The notebooks' calls, as notebook 02 makes them."""
+    from lowres_ft.config import RunConfig
+    from lowres_ft.train import preflight, read_metrics, run_training, setup_training
+
+    sequence, batch = SHAPE_BATCHES[args.shape]
+    steps = args.warmup + args.steps
+    model_dir = Path(args.work) / "models" / args.shape
+    run_dir = Path(args.work) / "runs" / f"{args.shape}-{args.path}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    rows = long_rows(args.data, args.tokenizer, sequence, steps * batch + 8)
+    write_run_data(run_dir, rows[:-4], rows[-4:])
+    config = RunConfig(
+        run_dir=str(run_dir),
+        model_name=str(model_dir),
+        backend=backend,
+        liger=liger,
+        max_steps=steps,
+        batch_size=batch,
+        max_seq_length=sequence,
+        lora_r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        eval_steps=0,
+        eval_max_rows=2,
+        save_steps=100_000,
+        save_minutes=0,
+        logging_steps=1,
+        warmup_ratio=0.0,
+        language="bn",
+    )
+    setup = setup_training(config)
+    check = preflight(setup)
+    run_training(setup, check)
+    metrics = [m for m in read_metrics(run_dir) if "loss" in m and m.get("step_seconds")]
+    step_seconds = [m["step_seconds"] for m in metrics]
+    trainer = setup.trainer
+    return {
+        **summarise(step_seconds, sequence * batch, args.warmup),
+        "logged_tokens_per_second": [m["tokens_per_second"] for m in metrics],
+        "peak_allocated_gib": max(m.get("memory_peak_gib", 0.0) for m in metrics),
+        "peak_reserved_gib": max(m.get("memory_reserved_gib", 0.0) for m in metrics),
+        "predicted_peak_gib": check.predicted_peak_gib,
+        "losses": [m["loss"] for m in metrics],
+        "choice": str(setup.choice),
+        "packing": setup.packing,
+        "liger": bool(trainer.args.use_liger_kernel),
+        "optim": str(trainer.args.optim),
+        "lora_dropout": config.lora_dropout,
+    }
+
+
+def load_plain_hf(model_dir: Path, sequence: int) -> Any:
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        quantization_config=quantization,
+        dtype=torch.bfloat16,
+        attn_implementation="sdpa",
+        device_map={"": 0},
+    )
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    lora = LoraConfig(
+        r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=LLAMA_LINEAR,
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+    return get_peft_model(model, lora)
+
+
+def load_unsloth(model_dir: Path, sequence: int) -> Any:
+    import torch
+    import unsloth  # noqa: F401  (first: it patches transformers)
+    from unsloth import FastLanguageModel
+
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=str(model_dir), max_seq_length=sequence, dtype=torch.bfloat16, load_in_4bit=True
+    )
+    return FastLanguageModel.get_peft_model(
+        model,
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.0,
+        target_modules=LLAMA_LINEAR,
+        bias="none",
+        use_gradient_checkpointing="unsloth",
+        max_seq_length=sequence,
+    )
+
+
+def run_loop(args: argparse.Namespace, loader: Any) -> dict[str, Any]:
+    """A bare training loop: fresh random tokens each step, bf16 autocast, AdamW."""
+    import torch
+
+    sequence, batch = SHAPE_BATCHES[args.shape]
+    model = loader(Path(args.work) / "models" / args.shape, sequence)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=2e-4)
+    vocab = model.config.vocab_size
+    torch.cuda.reset_peak_memory_stats()
+    step_seconds, losses = [], []
+    for _ in range(args.warmup + args.steps):
+        ids = torch.randint(0, min(vocab, 49152), (batch, sequence), device="cuda")
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        step_seconds.append(time.perf_counter() - started)
+        losses.append(round(loss.item(), 4))
+    return {
+        **summarise(step_seconds, sequence * batch, args.warmup),
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
+        "losses": losses,
+    }
+
+
+def run_case(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    if args.path == "toolkit":
+        result = run_toolkit(args, "auto", "auto")
+    elif args.path == "toolkit-hf":
+        result = run_toolkit(args, "hf", "auto")
+    elif args.path == "toolkit-hf-noliger":
+        result = run_toolkit(args, "hf", "off")
+    elif args.path == "plain-hf":
+        result = run_loop(args, load_plain_hf)
+    elif args.path == "unsloth-loop":
+        result = run_loop(args, load_unsloth)
+    else:
+        raise SystemExit(f"unknown path {args.path!r}: use one of {', '.join(PATHS)}")
+    sequence, _ = SHAPE_BATCHES[args.shape]
+    flops = flops_per_token(args.shape, sequence) * result["tokens_per_second"]
+    return {
+        "shape": args.shape,
+        "path": args.path,
+        "sequence": sequence,
+        "batch": SHAPE_BATCHES[args.shape][1],
+        **result,
+        "model_tflops": round(flops / 1e12, 1),
+        "mfu": round(flops / 1e12 / args.ceiling, 4) if args.ceiling else None,
+        "gpu": torch.cuda.get_device_name(0),
+    }
+
+
+# --- orchestration ------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    names = ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "liger-kernel")
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def child(args: argparse.Namespace, *extra: str, timeout: int) -> tuple[dict | None, str]:
+    command = [sys.executable, __file__, "--tokenizer", args.tokenizer, "--data", args.data]
+    command += ["--work", args.work, "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    command += ["--ceiling", str(args.ceiling), *extra]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        return None, f"timed out after {timeout} s: {str(error.stderr or '')[-2000:]}"
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if lines:
+        return json.loads(lines[-1][7:]), ""
+    return None, (done.stderr or done.stdout)[-4000:]
+
+
+def print_table(results: list[dict], ceiling: float) -> None:
+    print(f"bf16 matmul ceiling {ceiling:.0f} TFLOP/s")
+    print(
+        f"{'shape':<14}{'path':<20}{'tok/s':>9}{'step s':>8}{'alloc GiB':>10}{'resv GiB':>9}"
+        f"{'MFU':>7}{'pred GiB':>9}"
+    )
+    for r in results:
+        if "error" in r:
+            last = (r["error"].strip().splitlines() or ["?"])[-1][:70]
+            print(f"{r['shape']:<14}{r['path']:<20} ERROR {last}")
+            continue
+        predicted = r.get("predicted_peak_gib")
+        print(
+            f"{r['shape']:<14}{r['path']:<20}{r['tokens_per_second']:>9.0f}{r['step_seconds']:>8.3f}"
+            f"{r['peak_allocated_gib']:>10.2f}{r['peak_reserved_gib']:>9.2f}"
+            f"{(r['mfu'] or 0) * 100:>6.1f}%" + (f"{predicted:>9.2f}" if predicted else "")
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", required=True, help="a saved tokenizer folder")
+    parser.add_argument("--data", required=True, help="a folder with train.jsonl from notebook 01")
+    parser.add_argument("--shapes", default="llama-3.2-1b,llama-3.1-8b")
+    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--work", default="/tmp/lowres_gpu_perf")
+    parser.add_argument("--timeout", type=int, default=420, help="seconds per case")
+    parser.add_argument("--output", default=str(RESULTS / "gpu_perf.json"))
+    parser.add_argument("--ceiling", type=float, default=0.0)
+    parser.add_argument("--build", metavar="SHAPE")
+    parser.add_argument("--one", nargs=2, metavar=("SHAPE", "PATH"))
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    if args.build:
+        build_model(Path(args.work), args.build, args.tokenizer)
+        return
+    if args.one:
+        args.shape, args.path = args.one
+        print("RESULT " + json.dumps(run_case(args)), flush=True)
+        return
+    import torch
+
+    args.ceiling = matmul_ceiling_tflops()
+    torch.cuda.empty_cache()
+    report: dict[str, Any] = {
+        "gpu": torch.cuda.get_device_name(0),
+        "bf16_matmul_ceiling_tflops": round(args.ceiling, 1),
+        "versions": versions(),
+        "warmup_steps": args.warmup,
+        "measured_steps": args.steps,
+        "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "targets": "all linear"},
+        "results": [],
+    }
+    output = Path(args.output)
+    for shape in args.shapes.split(","):
+        started = time.perf_counter()
+        built = subprocess.run(
+            [sys.executable, __file__, "--tokenizer", args.tokenizer, "--data", args.data,
+             "--work", args.work, "--build", shape],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if built.returncode:
+            print(built.stderr[-3000:])
+            continue
+        print(f"{shape}: model ready in {time.perf_counter() - started:.0f} s", flush=True)
+        for path in args.paths.split(","):
+            started = time.perf_counter()
+            result, error = child(args, "--one", shape, path, timeout=args.timeout)
+            seconds = round(time.perf_counter() - started, 1)
+            entry = result or {"shape": shape, "path": path, "error": error}
+            entry["case_seconds"] = seconds
+            report["results"].append(entry)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(report, indent=2) + "\n")
+            status = f"{entry['tokens_per_second']:.0f} tok/s" if result else "ERROR"
+            print(f"{shape} {path}: {status} ({seconds} s)", flush=True)
+            if not result:
+                print(error[-1500:], flush=True)
+        if shape == "llama-3.1-8b":  # 16 GB of disk; the 1B stays for gpu_lengths.py
+            shutil.rmtree(Path(args.work) / "models" / shape, ignore_errors=True)
+    print_table(report["results"], args.ceiling)
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
