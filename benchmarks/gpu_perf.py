@@ -5,6 +5,7 @@ step = forward + backward + optimizer update on the LoRA weights.
 Paths:
   toolkit             the toolkit's default GPU path, through the notebooks' own calls
                       (setup_training -> preflight -> run_training, backend auto)
+  toolkit-paged8bit   the default path with paged 8-bit AdamW (the optimizer on 16 GB fp16 cards)
   toolkit-hf          the toolkit with backend='hf' (transformers + bitsandbytes + peft, Liger)
   toolkit-hf-noliger  the same without Liger kernels (liger='off'): the effect of Liger
   plain-hf            transformers + bitsandbytes NF4 + peft as their docs show it:
@@ -40,7 +41,14 @@ SHAPE_BATCHES = {  # shape: (sequence length, batch size)
     "llama-3.2-1b": (2048, 4),
     "llama-3.1-8b": (2048, 2),
 }
-PATHS = ("toolkit", "toolkit-hf", "toolkit-hf-noliger", "plain-hf", "unsloth-loop")
+PATHS = (
+    "toolkit",
+    "toolkit-paged8bit",
+    "toolkit-hf",
+    "toolkit-hf-noliger",
+    "plain-hf",
+    "unsloth-loop",
+)
 LORA_R, LORA_ALPHA = 16, 16
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RESULTS = Path(__file__).parent / "results"
@@ -146,7 +154,9 @@ def write_run_data(run_dir: Path, rows: list[dict], validation: list[dict]) -> N
 # --- the paths --------------------------------------------------------------------------------
 
 
-def run_toolkit(args: argparse.Namespace, backend: str, liger: str) -> dict[str, Any]:
+def run_toolkit(
+    args: argparse.Namespace, backend: str, liger: str, optim: str = "auto"
+) -> dict[str, Any]:
     """The notebooks' calls, as notebook 02 makes them."""
     from lowres_ft.config import RunConfig
     from lowres_ft.train import preflight, read_metrics, run_training, setup_training
@@ -163,6 +173,7 @@ def run_toolkit(args: argparse.Namespace, backend: str, liger: str) -> dict[str,
         model_name=str(model_dir),
         backend=backend,
         liger=liger,
+        optim=optim,
         max_steps=steps,
         batch_size=batch,
         max_seq_length=sequence,
@@ -280,6 +291,8 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.path == "toolkit":
         result = run_toolkit(args, "auto", "auto")
+    elif args.path == "toolkit-paged8bit":
+        result = run_toolkit(args, "auto", "auto", "paged_adamw_8bit")
     elif args.path == "toolkit-hf":
         result = run_toolkit(args, "hf", "auto")
     elif args.path == "toolkit-hf-noliger":
@@ -366,6 +379,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(RESULTS / "gpu_perf.json"))
     parser.add_argument("--ceiling", type=float, default=0.0)
     parser.add_argument("--build", metavar="SHAPE")
+    parser.add_argument("--keep-models", action="store_true", help="for gpu_ddp.py next")
     parser.add_argument("--one", nargs=2, metavar=("SHAPE", "PATH"))
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -414,7 +428,7 @@ def main() -> None:
             print(f"{shape} {path}: {status} ({seconds} s)", flush=True)
             if not result:
                 print(error[-1500:], flush=True)
-        if shape == "llama-3.1-8b":  # 16 GB of disk; the 1B stays for gpu_lengths.py
+        if shape == "llama-3.1-8b" and not args.keep_models:  # 16 GB of disk
             shutil.rmtree(Path(args.work) / "models" / shape, ignore_errors=True)
     print_table(report["results"], args.ceiling)
     print(f"wrote {output}")

@@ -26,7 +26,14 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PACKING = ("auto", "on", "off")
 LIGER_MODES = ("auto", "on", "off")
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
-OPTIMIZERS = ("auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+OPTIMIZERS = (
+    "auto",
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+)
 
 
 class LowresError(Exception):
@@ -92,7 +99,7 @@ class RunConfig:
     packing: str = "auto"  # auto | on | off (auto: padding-free packing where attention allows)
     gradient_checkpointing: bool = True  # recompute activations: much less memory, ~30% slower
     liger: str = "auto"  # auto | on | off: Liger kernels (loss without full logits) off Unsloth
-    optim: str = "auto"  # auto (paged 8-bit AdamW on GPU, AdamW on CPU) or a named optimizer
+    optim: str = "auto"  # auto (paged 8-bit AdamW on 16 GB fp16 cards, fused AdamW on bf16 GPUs)
     logging_steps: int = 5  # log loss, learning rate and speed every N steps
     eval_steps: int = 50  # evaluate on the validation split every N steps (0: only at the end)
     eval_max_rows: int = 0  # evaluate on at most this many validation rows (0: all)

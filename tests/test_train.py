@@ -27,6 +27,7 @@ from lowres_ft.train import (
     TrainingError,
     adapter_dtypes,
     check_stop_contract,
+    choose_optimizer,
     keep_adapters_in_fp32,
     latest_checkpoint,
     preflight,
@@ -383,3 +384,20 @@ def test_data_parallel_training_writes_one_log_and_one_adapter(prepared_run, tmp
     steps = [row["step"] for row in read_metrics(run_dir) if "loss" in row]
     assert steps == [1, 2, 3, 4]  # one line per step, not one per process
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        (BackendChoice("cpu", "fp32", False, "CPU"), "adamw_torch"),
+        (BackendChoice("hf", "fp16", True, "T4"), "paged_adamw_8bit"),
+        (BackendChoice("unsloth", "fp16", True, "T4"), "paged_adamw_8bit"),
+        (BackendChoice("unsloth", "bf16", True, "H100"), "adamw_torch_fused"),
+        (BackendChoice("hf", "bf16", True, "A100"), "adamw_torch_fused"),
+    ],
+)
+def test_optimizer_is_paged_8bit_on_16gb_fp16_cards_and_fused_elsewhere(choice, expected):
+    assert choose_optimizer(RunConfig(), choice) == expected
+    assert choose_optimizer(RunConfig(optim="paged_adamw_32bit"), choice) == (
+        "adamw_torch" if choice.name == "cpu" else "paged_adamw_32bit"
+    )
