@@ -33,15 +33,19 @@ SHAPE, SEQUENCE, BATCH = "llama-3.1-8b", 2048, 2
 
 def train_run(args: argparse.Namespace, gpus: int, backend: str) -> dict[str, Any]:
     """One `lowres-ft train` command; returns its per-step log."""
-    run_dir = Path(args.work) / "runs" / f"ddp-{backend}-{gpus}gpu"
+    run_dir = Path(args.work) / "runs" / f"ddp-{backend}-{gpus}gpu-a{args.accumulation}"
     shutil.rmtree(run_dir, ignore_errors=True)
     steps = args.warmup + args.steps
-    rows = long_rows(args.data, args.tokenizer, SEQUENCE, steps * BATCH * 2 + 8)
+    rows = long_rows(args.data, args.tokenizer, SEQUENCE, steps * BATCH * 2 * args.accumulation + 8)
     write_run_data(run_dir, rows[:-4], rows[-4:])
+    from lowres_ft.config import RunConfig  # no transformers import: the run starts fresh
+
+    RunConfig(run_dir=str(run_dir), language="bn").save()  # what `lowres-ft prepare` leaves
     command = [sys.executable, "-m", "lowres_ft.cli", "train", "--gpus", str(gpus)]
     command += ["--run-dir", str(run_dir), "--model-name", str(Path(args.work) / "models" / SHAPE)]
     command += ["--backend", backend, "--max-seq-length", str(SEQUENCE)]
-    command += ["--batch-size", str(BATCH), "--gradient-accumulation-steps", str(2 // gpus)]
+    accumulation = args.accumulation * 2 // gpus  # the same global batch on 1 and 2 GPUs
+    command += ["--batch-size", str(BATCH), "--gradient-accumulation-steps", str(accumulation)]
     command += ["--max-steps", str(steps), "--logging-steps", "1", "--eval-steps", "0"]
     command += ["--eval-max-rows", "2", "--save-steps", "100000", "--save-minutes", "0"]
     command += ["--lora-alpha", "16", "--warmup-ratio", "0", "--language", "bn"]
@@ -58,10 +62,11 @@ def train_run(args: argparse.Namespace, gpus: int, backend: str) -> dict[str, An
     return {
         "gpus": gpus,
         "backend": backend,
-        "global_batch": BATCH * 2,
-        "tokens_per_step": SEQUENCE * BATCH * 2,
+        "accumulation_per_gpu": accumulation,
+        "global_batch": BATCH * 2 * args.accumulation,
+        "tokens_per_step": SEQUENCE * BATCH * 2 * args.accumulation,
         "step_seconds": round(step, 4),
-        "tokens_per_second": round(SEQUENCE * BATCH * 2 / step, 1),
+        "tokens_per_second": round(SEQUENCE * BATCH * 2 * args.accumulation / step, 1),
         "logged_tokens_per_second": [m["tokens_per_second"] for m in logs],
         "losses": [m["loss"] for m in logs],
         "peak_allocated_gib": max(m.get("memory_peak_gib", 0) for m in logs),
@@ -90,6 +95,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--backend", default="auto", help="auto, or hf (tried when auto fails)")
+    parser.add_argument(
+        "--accumulation", type=int, default=1, help="per GPU on two GPUs (doubled on one)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--work", default="/tmp/lowres_gpu_perf")
