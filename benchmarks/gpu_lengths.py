@@ -32,7 +32,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_perf import RESULTS, load_plain_hf, versions, write_run_data  # noqa: E402
+from gpu_perf import (  # noqa: E402
+    RESULTS,
+    load_plain_hf,
+    timed_config,
+    versions,
+    write_run_data,
+)
 
 SHAPE, SEQUENCE, BATCH = "llama-3.2-1b", 2048, 4
 PATHS = ("plain-hf-padded", "toolkit", "toolkit-hf", "toolkit-hf-packed")
@@ -84,29 +90,16 @@ def run_plain_padded(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_toolkit(args: argparse.Namespace, backend: str, packing: str) -> dict[str, Any]:
-    from lowres_ft.config import RunConfig
     from lowres_ft.train import preflight, read_metrics, run_training, setup_training
 
     run_dir = Path(args.work) / "runs" / f"lengths-{args.path}"
     shutil.rmtree(run_dir, ignore_errors=True)
     rows = read_rows(args.data)
     write_run_data(run_dir, rows, rows[:4])
-    config = RunConfig(
-        run_dir=str(run_dir),
-        model_name=str(Path(args.work) / "models" / SHAPE),
-        backend=backend,
-        packing=packing,
-        max_steps=args.warmup + args.steps,
-        batch_size=BATCH,
-        max_seq_length=SEQUENCE,
-        lora_alpha=16,
-        eval_steps=0,
-        eval_max_rows=2,
-        save_steps=100_000,
-        save_minutes=0,
-        logging_steps=1,
-        warmup_ratio=0.0,
-        language="bn",
+    model_dir = Path(args.work) / "models" / SHAPE
+    steps = args.warmup + args.steps
+    config = timed_config(
+        run_dir, model_dir, SEQUENCE, BATCH, steps, backend=backend, packing=packing
     )
     setup = setup_training(config)
     run_training(setup, preflight(setup))

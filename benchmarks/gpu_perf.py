@@ -154,26 +154,16 @@ def write_run_data(run_dir: Path, rows: list[dict], validation: list[dict]) -> N
 # --- the paths --------------------------------------------------------------------------------
 
 
-def run_toolkit(
-    args: argparse.Namespace, backend: str, liger: str, optim: str = "auto"
-) -> dict[str, Any]:
-    """The notebooks' calls, as notebook 02 makes them."""
+def timed_config(
+    run_dir: Path, model_dir: Path, sequence: int, batch: int, steps: int, **changes: Any
+) -> Any:
+    """The notebooks' RunConfig for a timed run: a log line every step, no evaluation or
+    checkpoint in between, no learning-rate warm-up."""
     from lowres_ft.config import RunConfig
-    from lowres_ft.train import preflight, read_metrics, run_training, setup_training
 
-    sequence, batch = SHAPE_BATCHES[args.shape]
-    steps = args.warmup + args.steps
-    model_dir = Path(args.work) / "models" / args.shape
-    run_dir = Path(args.work) / "runs" / f"{args.shape}-{args.path}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    rows = long_rows(args.data, args.tokenizer, sequence, steps * batch + 8)
-    write_run_data(run_dir, rows[:-4], rows[-4:])
-    config = RunConfig(
+    return RunConfig(
         run_dir=str(run_dir),
         model_name=str(model_dir),
-        backend=backend,
-        liger=liger,
-        optim=optim,
         max_steps=steps,
         batch_size=batch,
         max_seq_length=sequence,
@@ -186,6 +176,25 @@ def run_toolkit(
         logging_steps=1,
         warmup_ratio=0.0,
         language="bn",
+        **changes,
+    )
+
+
+def run_toolkit(
+    args: argparse.Namespace, backend: str, liger: str, optim: str = "auto"
+) -> dict[str, Any]:
+    """The notebooks' calls, as notebook 02 makes them."""
+    from lowres_ft.train import preflight, read_metrics, run_training, setup_training
+
+    sequence, batch = SHAPE_BATCHES[args.shape]
+    steps = args.warmup + args.steps
+    model_dir = Path(args.work) / "models" / args.shape
+    run_dir = Path(args.work) / "runs" / f"{args.shape}-{args.path}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    rows = long_rows(args.data, args.tokenizer, sequence, steps * batch + 8)
+    write_run_data(run_dir, rows[:-4], rows[-4:])
+    config = timed_config(
+        run_dir, model_dir, sequence, batch, steps, backend=backend, liger=liger, optim=optim
     )
     setup = setup_training(config)
     check = preflight(setup)
