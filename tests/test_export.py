@@ -318,7 +318,7 @@ def test_model_card_reports_data_training_and_evaluation(trained_run, tmp_path):
     assert front["license"] == "other" and "base_model" not in front  # a local folder
     assert f"Rows read: {stats['read']:,}; kept after cleaning: {stats['kept']:,}" in card
     assert "Tokenizer fertility" in card and "Split:" in card
-    assert "r=16, alpha=32, dropout=0.05, targets `all-linear`, rsLoRA off" in card
+    assert "r=16, alpha=32, dropout=0.0, targets `all-linear`, rsLoRA off" in card
     assert "Trained 2 steps in" in card and "CPU" in card
     assert "| metric | better | base | fine-tuned |" in card
     tuned = next(s for s in scores if s["name"] == "fine-tuned")
