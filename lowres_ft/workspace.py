@@ -61,9 +61,8 @@ class Workspace:
     drive_dir: Path | None  # where checkpoints survive a Colab disconnect
 
     def summary(self) -> str:
-        gpus = f"{self.hardware.count} x " if self.hardware.count > 1 else ""
         lines = [
-            f"platform: {self.platform}; device: {gpus}{self.hardware}",
+            f"platform: {self.platform}; device: {self.hardware}",  # "2 x Tesla T4 (...)"
             f"precision: {self.precision} (bf16 needs compute capability 8.0; T4/P100 use fp16)",
             "backend: "
             + (
@@ -75,8 +74,9 @@ class Workspace:
         ]
         if self.hardware.count > 1:
             lines.append(
-                f"{self.hardware.count} GPUs: a notebook trains on one; for all of them, one "
-                "process per GPU (README, 'Two GPUs')"
+                f"{self.hardware.count} GPUs: a notebook trains on one; for all of them (one "
+                f"process and one 4-bit copy per GPU): !lowres-ft train --run-dir <run> "
+                f"--gpus {self.hardware.count}"
             )
         if self.drive_dir:
             lines.append(f"Google Drive mounted: set checkpoint_dir='{self.drive_dir}/<run>'")
