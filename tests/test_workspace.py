@@ -56,6 +56,7 @@ def test_kaggle_t4x2_is_told_the_command_that_trains_on_both_gpus():
     from lowres_ft.workspace import Workspace
 
     text = Workspace("kaggle", KAGGLE_T4X2, "fp16", recommend(KAGGLE_T4X2), None).summary()
-    assert "device: 2 x Tesla T4 (15 GiB" in text and "lowres-ft train --run-dir <run> --gpus 2" in text
+    assert "device: 2 x Tesla T4 (15 GiB" in text
+    assert "lowres-ft train --run-dir <run> --gpus 2" in text
     single = Workspace("kaggle", T4, "fp16", recommend(T4), None).summary()
     assert "--gpus" not in single
