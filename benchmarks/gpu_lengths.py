@@ -9,8 +9,9 @@ Paths:
                       with a padding collator)
   toolkit             the toolkit's default recipe through the notebooks' calls (on a GPU with
                       Unsloth: padding-free packing)
-  toolkit-hf          backend='hf': length-grouped padded batches, Liger
-  toolkit-hf-packed   backend='hf', packing='on': padding-free rows, SDPA with a block mask
+  toolkit-hf-padded   backend='hf', packing='off': length-grouped padded batches, Liger
+  toolkit-hf-packed   backend='hf', packing auto: these rows average under half of
+                      max_seq_length, so padding-free rows, SDPA with a block mask
 
     python benchmarks/gpu_lengths.py --tokenizer .gpu/tokenizer --data .gpu/data
 
@@ -41,7 +42,7 @@ from gpu_perf import (  # noqa: E402
 )
 
 SHAPE, SEQUENCE, BATCH = "llama-3.2-1b", 2048, 4
-PATHS = ("plain-hf-padded", "toolkit", "toolkit-hf", "toolkit-hf-packed")
+PATHS = ("plain-hf-padded", "toolkit", "toolkit-hf-padded", "toolkit-hf-packed")
 
 
 def read_rows(data_dir: str) -> list[dict]:
@@ -123,10 +124,10 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
         result = run_plain_padded(args)
     elif args.path == "toolkit":
         result = run_toolkit(args, "auto", "auto")
-    elif args.path == "toolkit-hf":
-        result = run_toolkit(args, "hf", "auto")
+    elif args.path == "toolkit-hf-padded":
+        result = run_toolkit(args, "hf", "off")
     elif args.path == "toolkit-hf-packed":
-        result = run_toolkit(args, "hf", "on")
+        result = run_toolkit(args, "hf", "auto")
     else:
         raise SystemExit(f"unknown path {args.path!r}: use one of {', '.join(PATHS)}")
     return {"shape": SHAPE, "path": args.path, **result}

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -121,12 +121,26 @@ def checkpoint_dir(config: RunConfig) -> Path:
     )
 
 
-def use_packing(config: RunConfig, choice: BackendChoice) -> bool:
-    """Padding-free packing needs attention that respects sequence boundaries (Unsloth's, or
-    flash-attention); with SDPA packed rows would attend across each other."""
+def use_packing(
+    config: RunConfig, choice: BackendChoice, lengths: Sequence[int] | None = None
+) -> bool:
+    """Padding-free packing: rows joined end to end, positions restarting at each row.
+
+    Unsloth's attention keeps the joined rows apart at no extra cost, so it always packs. On the
+    HF backend, transformers' SDPA keeps them apart through a block mask over the whole joined
+    row (from the restarting position ids, when no cache is kept, as in training). That mask
+    costs attention work, so the HF backend packs only when rows average under half of
+    max_seq_length. Then padded steps would hold few tokens: on real Bengali lengths packing
+    doubled the useful tokens/s (docs/performance.md). Off on the CPU, where a step of packed
+    rows holds more tokens and a fixed-step demo would run longer."""
     if config.packing != "auto":
         return config.packing == "on"
-    return choice.name == "unsloth"
+    if choice.name == "unsloth":
+        return True
+    if choice.name != "hf" or not lengths:
+        return False
+    cut = [min(n, config.max_seq_length) for n in lengths]
+    return sum(cut) / len(cut) < config.max_seq_length / 2
 
 
 def use_liger(config: RunConfig, choice: BackendChoice) -> bool:
@@ -145,7 +159,7 @@ def use_liger(config: RunConfig, choice: BackendChoice) -> bool:
                 f"liger='on' but liger-kernel does not import ({error}): pip install liger-kernel, "
                 "or use liger='auto'."
             ) from None
-        logger.info("liger-kernel is not installed: the loss keeps full logits")
+        logger.info("liger-kernel is not installed: TRL's chunked loss and transformers' kernels")
         return False
     return True
 
@@ -229,7 +243,7 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
     memory.append(memory_stats("after load"))
     train_dataset, eval_dataset = build_datasets(config, tokenizer)
     contract = check_stop_contract(tokenizer, train_dataset)
-    packing = use_packing(config, choice)
+    packing = use_packing(config, choice, [len(ids) for ids in train_dataset["input_ids"]])
     trainer = SFTTrainer(
         model=model,
         args=sft_config(config, choice, packing),
@@ -349,6 +363,18 @@ def _worst_case_batch(setup: TrainingSetup, batch_size: int) -> dict[str, Any]:
         setup.config.max_seq_length if setup.packing else min(len(ids), setup.config.max_seq_length)
     )
     ids = (ids * (length // len(ids) + 1))[:length]
+    if setup.packing and setup.choice.name != "unsloth":
+        # As TRL's padding-free collator hands it over: one row of all the tokens, positions
+        # restarting at each joined row, no attention mask. SDPA then attends through a block
+        # mask over the whole row, which costs other memory than `batch_size` separate rows.
+        row = min(len(setup.train_dataset[longest]["input_ids"]), length)
+        input_ids = torch.tensor([ids * batch_size])
+        positions = torch.arange(input_ids.shape[1]) % row
+        return {
+            "input_ids": input_ids,
+            "labels": input_ids.clone(),
+            "position_ids": positions[None],
+        }
     input_ids = torch.tensor([ids] * batch_size)
     labels, attention_mask = input_ids.clone(), torch.ones_like(input_ids)
     if not setup.packing and batch_size > 1:

@@ -25,6 +25,7 @@ from lowres_ft.data.format import tokenize_for_training
 from lowres_ft.data.prepare import prepare_data
 from lowres_ft.train import (
     TrainingError,
+    _worst_case_batch,
     adapter_dtypes,
     check_stop_contract,
     choose_optimizer,
@@ -32,9 +33,11 @@ from lowres_ft.train import (
     latest_checkpoint,
     preflight,
     read_metrics,
+    run_training,
     setup_training,
     train,
     use_liger,
+    use_packing,
 )
 
 T4 = Hardware("cuda", "Tesla T4", (7, 5), 15.0, 1)
@@ -401,3 +404,54 @@ def test_optimizer_is_paged_8bit_on_16gb_fp16_cards_and_fused_elsewhere(choice, 
     assert choose_optimizer(RunConfig(optim="paged_adamw_32bit"), choice) == (
         "adamw_torch" if choice.name == "cpu" else "paged_adamw_32bit"
     )
+
+
+def test_packed_rows_do_not_attend_across_each_other_in_training(tiny_model):
+    """What padding-free packing relies on: with positions restarting at each row and no cache
+    (training), transformers' SDPA gives each row exactly the logits it gets alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randint(0, 1000, (1, 37), generator=generator)
+    second = torch.randint(0, 1000, (1, 53), generator=generator)
+    positions = torch.cat([torch.arange(37), torch.arange(53)]).unsqueeze(0)
+    with torch.no_grad():
+        alone = torch.cat(
+            [model(input_ids=r, use_cache=False).logits for r in (first, second)], dim=1
+        )
+        packed = model(
+            input_ids=torch.cat([first, second], dim=1), position_ids=positions, use_cache=False
+        ).logits
+        joined = model(input_ids=torch.cat([first, second], dim=1), use_cache=False).logits
+    assert torch.allclose(packed, alone, atol=1e-5)
+    assert not torch.allclose(joined[:, 37:], alone[:, 37:], atol=1e-2)  # the test can fail
+
+
+def test_packing_follows_the_backend_and_on_hf_the_row_lengths():
+    unsloth = BackendChoice("unsloth", "bf16", True, "H100")
+    hf = BackendChoice("hf", "fp16", True, "T4")
+    cpu = BackendChoice("cpu", "fp32", False, "CPU")
+    config = RunConfig(max_seq_length=2048)
+    real_bengali = [512, 556, 841, 300, 1873]  # median, mean, p90 and max of bn_instruct
+    assert use_packing(config, unsloth, [2048] * 8)  # its attention packs at no extra cost
+    assert use_packing(config, hf, real_bengali)  # mostly short rows: steps would be half empty
+    assert not use_packing(config, hf, [2048, 3000, 1900])  # full rows: the block mask only costs
+    assert not use_packing(config, cpu, real_bengali)  # a fixed-step CPU run would take longer
+    assert not use_packing(RunConfig(packing="off"), unsloth, real_bengali)
+    assert use_packing(RunConfig(packing="on"), cpu, [2048])
+
+
+def test_packed_training_runs_and_its_preflight_sees_one_joined_row(prepared_run, tmp_path):
+    config = _config(
+        prepared_run, tmp_path / "run", packing="on", batch_size=2, max_steps=2, eval_steps=0
+    )
+    setup = setup_training(config)
+    assert setup.packing
+    batch = _worst_case_batch(setup, 2)
+    assert batch["input_ids"].shape == (1, 2 * 128) and "attention_mask" not in batch
+    assert batch["position_ids"][0, 0] == 0 and batch["position_ids"].max() < 128
+    check = preflight(setup)
+    assert check.fits and check.step_seconds > 0
+    result = run_training(setup, check)
+    assert result.global_step == 2 and math.isfinite(result.train_loss)
