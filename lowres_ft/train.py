@@ -244,6 +244,10 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
     train_dataset, eval_dataset = build_datasets(config, tokenizer)
     contract = check_stop_contract(tokenizer, train_dataset)
     packing = use_packing(config, choice, [len(ids) for ids in train_dataset["input_ids"]])
+    if packing and choice.name != "unsloth":  # Unsloth attends row by row on its own
+        from lowres_ft.backends.packed_attention import use_packed_attention
+
+        use_packed_attention(model)
     trainer = SFTTrainer(
         model=model,
         args=sft_config(config, choice, packing),

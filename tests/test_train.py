@@ -406,26 +406,62 @@ def test_optimizer_is_paged_8bit_on_16gb_fp16_cards_and_fused_elsewhere(choice, 
     )
 
 
+def _two_rows_alone_and_packed(model, generator):
+    """Logits of two rows run alone, and of the same rows joined into one packed row."""
+    first = torch.randint(0, 1000, (1, 37), generator=generator)
+    second = torch.randint(0, 1000, (1, 53), generator=generator)
+    positions = torch.cat([torch.arange(37), torch.arange(53)]).unsqueeze(0)
+    joined = torch.cat([first, second], dim=1)
+    alone = torch.cat([model(input_ids=r, use_cache=False).logits for r in (first, second)], 1)
+    return alone, joined, positions
+
+
 def test_packed_rows_do_not_attend_across_each_other_in_training(tiny_model):
     """What padding-free packing relies on: with positions restarting at each row and no cache
     (training), transformers' SDPA gives each row exactly the logits it gets alone."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
-    generator = torch.Generator().manual_seed(0)
-    first = torch.randint(0, 1000, (1, 37), generator=generator)
-    second = torch.randint(0, 1000, (1, 53), generator=generator)
-    positions = torch.cat([torch.arange(37), torch.arange(53)]).unsqueeze(0)
     with torch.no_grad():
-        alone = torch.cat(
-            [model(input_ids=r, use_cache=False).logits for r in (first, second)], dim=1
-        )
-        packed = model(
-            input_ids=torch.cat([first, second], dim=1), position_ids=positions, use_cache=False
-        ).logits
-        joined = model(input_ids=torch.cat([first, second], dim=1), use_cache=False).logits
+        alone, joined, positions = _two_rows_alone_and_packed(model, torch.manual_seed(0))
+        packed = model(input_ids=joined, position_ids=positions, use_cache=False).logits
+        unmasked = model(input_ids=joined, use_cache=False).logits
     assert torch.allclose(packed, alone, atol=1e-5)
-    assert not torch.allclose(joined[:, 37:], alone[:, 37:], atol=1e-2)  # the test can fail
+    assert not torch.allclose(unmasked[:, 37:], alone[:, 37:], atol=1e-2)  # the test can fail
+
+
+def test_row_by_row_attention_gives_packed_rows_their_own_logits_and_gradients(tiny_model):
+    """The HF backend's attention for packed batches: one SDPA call per joined row (no square
+    mask over the whole row); the same logits and gradients as the rows alone, and plain SDPA
+    for padded batches and generation."""
+    from transformers import AutoModelForCausalLM
+
+    from lowres_ft.backends.packed_attention import NAME, row_bounds, use_packed_attention
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
+    use_packed_attention(model)
+    assert model.config._attn_implementation == NAME
+    alone, joined, positions = _two_rows_alone_and_packed(reference, torch.manual_seed(1))
+    packed = model(input_ids=joined, position_ids=positions, use_cache=False).logits
+    assert row_bounds(positions) == [(0, 37), (37, 90)]
+    assert torch.allclose(packed, alone, atol=1e-5)
+    alone.square().mean().backward()
+    packed.square().mean().backward()
+    for (name, mine), theirs in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(mine.grad, theirs.grad, atol=1e-5), name
+    padded = torch.randint(0, 1000, (2, 20), generator=torch.manual_seed(2))
+    mask = torch.ones_like(padded)
+    mask[1, 15:] = 0
+    with torch.no_grad():
+        assert torch.allclose(
+            model(input_ids=padded, attention_mask=mask).logits,
+            reference(input_ids=padded, attention_mask=mask).logits,
+            atol=1e-5,
+        )
+        prompt = padded[:1, :8]
+        greedy = dict(max_new_tokens=6, do_sample=False)
+        assert torch.equal(model.generate(prompt, **greedy), reference.generate(prompt, **greedy))
 
 
 def test_packing_follows_the_backend_and_on_hf_the_row_lengths():
@@ -448,6 +484,7 @@ def test_packed_training_runs_and_its_preflight_sees_one_joined_row(prepared_run
     )
     setup = setup_training(config)
     assert setup.packing
+    assert setup.model.get_base_model().config._attn_implementation == "lowres_packed_sdpa"
     batch = _worst_case_batch(setup, 2)
     assert batch["input_ids"].shape == (1, 2 * 128) and "attention_mask" not in batch
     assert batch["position_ids"][0, 0] == 0 and batch["position_ids"].max() < 128
