@@ -26,7 +26,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_perf import RESULTS, long_rows, versions, write_run_data  # noqa: E402
+from gpu_perf import (  # noqa: E402
+    RESULTS,
+    build_in_subprocess,
+    long_rows,
+    versions,
+    write_run_data,
+)
 
 SHAPE, SEQUENCE, BATCH = "llama-3.1-8b", 2048, 2
 
@@ -107,12 +113,7 @@ def main() -> None:
     import torch
 
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-    gpu_perf = str(Path(__file__).parent / "gpu_perf.py")
-    subprocess.run(
-        [sys.executable, gpu_perf, "--tokenizer", args.tokenizer, "--data", args.data,
-         "--work", args.work, "--build", SHAPE],
-        check=True,
-    )  # fmt: skip
+    build_in_subprocess(args, SHAPE, check=True)
     report: dict[str, Any] = {
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "versions": versions(),

@@ -35,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_perf import (  # noqa: E402
     RESULTS,
+    build_in_subprocess,
     load_plain_hf,
     timed_config,
+    timed_step,
     versions,
     write_run_data,
 )
@@ -69,15 +71,7 @@ def run_plain_padded(args: argparse.Namespace) -> dict[str, Any]:
             texts, padding=True, truncation=True, max_length=SEQUENCE, return_tensors="pt"
         ).to("cuda")
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(**batch, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
+        times.append(timed_step(model, optimizer, **batch, labels=labels)[0])
         effective.append(int(batch["attention_mask"].sum()))
         padded.append(batch["input_ids"].numel())
     seconds, tokens = sum(times[args.warmup :]), sum(effective[args.warmup :])
@@ -170,8 +164,7 @@ def main() -> None:
     import torch
 
     common = ["--tokenizer", args.tokenizer, "--data", args.data, "--work", args.work]
-    gpu_perf = str(Path(__file__).parent / "gpu_perf.py")
-    subprocess.run([sys.executable, gpu_perf, *common, "--build", SHAPE], check=True)
+    build_in_subprocess(args, SHAPE, check=True)
     report: dict[str, Any] = {
         "gpu": torch.cuda.get_device_name(0),
         "versions": versions(),

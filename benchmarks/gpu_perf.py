@@ -79,7 +79,6 @@ def matmul_ceiling_tflops(size: int = 8192, repeats: int = 10) -> float:
 def flops_per_token(shape: str, sequence: int) -> float:
     """Training FLOPs per token with a frozen base: forward (2 per weight) and the input
     gradients (2 per weight), plus causal attention (scores and values, forward and backward)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from lowres_ft.shapes import SHAPES
 
     c = SHAPES[shape]
@@ -289,6 +288,30 @@ def load_unsloth(model_dir: Path, sequence: int) -> Any:
     )
 
 
+def timed_step(model: Any, optimizer: Any, **batch: Any) -> tuple[float, Any]:
+    """One bare training step (bf16 autocast forward, backward, optimizer update), timed
+    between device synchronisations: (seconds, loss)."""
+    import torch
+
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    return time.perf_counter() - started, loss
+
+
+def build_in_subprocess(args: argparse.Namespace, shape: str, **options: Any) -> Any:
+    """Build (or find) the random-weight `shape` in a process of its own, so this one holds no
+    GPU memory afterwards."""
+    command = [sys.executable, __file__, "--tokenizer", args.tokenizer, "--data", args.data]
+    command += ["--work", args.work, "--build", shape]
+    return subprocess.run(command, **options)
+
+
 def run_loop(args: argparse.Namespace, loader: Any) -> dict[str, Any]:
     """A bare training loop: fresh random tokens each step, bf16 autocast, AdamW."""
     import torch
@@ -303,15 +326,8 @@ def run_loop(args: argparse.Namespace, loader: Any) -> dict[str, Any]:
     step_seconds, losses = [], []
     for _ in range(args.warmup + args.steps):
         ids = torch.randint(0, min(vocab, 49152), (batch, sequence), device="cuda")
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        step_seconds.append(time.perf_counter() - started)
+        seconds, loss = timed_step(model, optimizer, input_ids=ids, labels=ids)
+        step_seconds.append(seconds)
         losses.append(round(loss.item(), 4))
     return {
         **summarise(step_seconds, sequence * batch, args.warmup),
@@ -447,11 +463,7 @@ def main() -> None:
     output = Path(args.output)
     for shape in args.shapes.split(","):
         started = time.perf_counter()
-        built = subprocess.run(
-            [sys.executable, __file__, "--tokenizer", args.tokenizer, "--data", args.data,
-             "--work", args.work, "--build", shape],
-            capture_output=True, text=True,
-        )  # fmt: skip
+        built = build_in_subprocess(args, shape, capture_output=True, text=True)
         if built.returncode:
             print(built.stderr[-3000:])
             continue

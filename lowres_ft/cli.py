@@ -163,9 +163,9 @@ def data_parallel_command(argv: list[str], gpus: int) -> list[str]:
 def _launch_data_parallel(argv: list[str], gpus: int) -> int:
     import subprocess
 
-    import torch
+    from lowres_ft.backends import detect_hardware
 
-    found = torch.cuda.device_count()
+    found = detect_hardware().count  # 0 without a CUDA GPU
     if found and found < gpus:
         raise LowresError(f"--gpus {gpus}: this machine has {found} GPU(s); use --gpus {found}.")
     if not found:
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             output = run_notebook("prepare", parameters)
             print(f"executed notebook: {output}")
         elif command == "train":
-            from lowres_ft.train import is_main_process, train
+            from lowres_ft.runs import is_main_process
+            from lowres_ft.train import train
 
             gpus = parameters.pop("gpus", 1)
             if gpus < 1:

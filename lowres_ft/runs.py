@@ -64,11 +64,17 @@ def environment() -> dict[str, Any]:
     return info
 
 
+def is_main_process() -> bool:
+    """True in a single-process run and in rank 0 of a torchrun/accelerate launch: the process
+    that writes the run folder when one process per GPU trains."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def start_run(config: RunConfig) -> Path:
     """Create the run folder, save config and environment, and log to run.log there."""
     folder = Path(config.run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:  # one process per GPU: the first one writes
+    if is_main_process():
         config.save(folder)
         (folder / ENVIRONMENT_FILE).write_text(json.dumps(environment(), indent=2) + "\n")
     _log_to(folder / LOG_FILE)

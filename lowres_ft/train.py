@@ -24,7 +24,7 @@ from lowres_ft.data.format import tokenize_for_training
 from lowres_ft.data.prepare import DATA_DIR, TRAIN_FILE, VALIDATION_FILE, read_records
 from lowres_ft.memory import GIB, MemoryStats, memory_stats, model_footprint, reset_peak
 from lowres_ft.models import load_tokenizer
-from lowres_ft.runs import start_run
+from lowres_ft.runs import is_main_process, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +126,13 @@ def use_packing(
 ) -> bool:
     """Padding-free packing: rows joined end to end, positions restarting at each row.
 
-    Unsloth's attention keeps the joined rows apart at no extra cost, so it always packs. On the
-    HF backend, transformers' SDPA keeps them apart through a block mask over the whole joined
-    row (from the restarting position ids, when no cache is kept, as in training). That mask
-    costs attention work, so the HF backend packs only when rows average under half of
-    max_seq_length. Then padded steps would hold few tokens: on real Bengali lengths packing
-    doubled the useful tokens/s (docs/performance.md). Off on the CPU, where a step of packed
-    rows holds more tokens and a fixed-step demo would run longer."""
+    Unsloth's attention keeps the joined rows apart at no extra cost, so it always packs. The
+    HF backend keeps them apart by attending row by row (`backends.packed_attention`); it packs
+    when rows average under half of max_seq_length, where padded steps would hold few tokens
+    and packing doubled the useful tokens/s on real Bengali lengths (docs/performance.md). Rows
+    near max_seq_length have nothing to gain, and that case has not been timed packed. Off on
+    the CPU, where a step of packed rows holds more tokens and a fixed-step demo would run
+    longer."""
     if config.packing != "auto":
         return config.packing == "on"
     if choice.name == "unsloth":
@@ -256,9 +256,8 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
         processing_class=tokenizer,
     )
     keep_adapters_in_fp32(trainer.model, choice)
-    if (
-        trainer.args.use_liger_kernel
-    ):  # the trainer patches only in train(): pre-flight needs it now
+    if trainer.args.use_liger_kernel:
+        # train() applies Liger to the model; the pre-flight has to measure with it already
         from transformers.integrations.liger import apply_liger_kernel
 
         apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
@@ -362,18 +361,16 @@ def _worst_case_batch(setup: TrainingSetup, batch_size: int) -> dict[str, Any]:
 
     lengths = setup.train_dataset["input_ids"]
     longest = max(range(len(lengths)), key=lambda i: len(lengths[i]))
-    ids = list(setup.train_dataset[longest]["input_ids"])
-    length = (
-        setup.config.max_seq_length if setup.packing else min(len(ids), setup.config.max_seq_length)
-    )
-    ids = (ids * (length // len(ids) + 1))[:length]
+    ids = list(lengths[longest])
+    row = len(ids)
+    length = setup.config.max_seq_length if setup.packing else min(row, setup.config.max_seq_length)
+    ids = (ids * (length // row + 1))[:length]
     if setup.packing and setup.choice.name != "unsloth":
         # As TRL's padding-free collator hands it over: one row of all the tokens, positions
-        # restarting at each joined row, no attention mask. SDPA then attends through a block
-        # mask over the whole row, which costs other memory than `batch_size` separate rows.
-        row = min(len(setup.train_dataset[longest]["input_ids"]), length)
+        # restarting at each joined row, no attention mask, so the attention for packed rows
+        # runs (and takes memory) as it will in training.
         input_ids = torch.tensor([ids * batch_size])
-        positions = torch.arange(input_ids.shape[1]) % row
+        positions = torch.arange(input_ids.shape[1]) % min(row, length)
         return {
             "input_ids": input_ids,
             "labels": input_ids.clone(),
@@ -607,13 +604,6 @@ def run_training(setup: TrainingSetup, preflight_result: Preflight | None = None
         trainer.evaluate()
     setup.memory.append(memory_stats("end of training"))
     return save_results(setup, seconds)
-
-
-def is_main_process() -> bool:
-    """True in a single-process run and in rank 0 of a torchrun/accelerate launch."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def save_results(setup: TrainingSetup, seconds: float) -> TrainResult:
