@@ -13,6 +13,14 @@ Paths:
   unsloth-loop        Unsloth's FastLanguageModel + get_peft_model with its own checkpointing,
                       in the same bare loop as plain-hf
 
+A path may carry settings after a colon, e.g. `toolkit-hf:gradient_checkpointing=False` or
+`toolkit:dataloader_num_workers=2`: RunConfig fields go to the config, other names to the
+trainer's arguments, so one run can measure a change against the path without it.
+
+With `--profile N`, N more steps after the measured ones run under torch.profiler: the JSON gets
+the GPU's busy share of that window, the largest gaps between kernels, the top kernels and the
+host-device syncs, and `--profile-dir` receives the Chrome trace (gzip) for a closer look.
+
 Each case runs in its own process (importing Unsloth patches transformers for the process).
 Warm-up steps are left out; the step time is the median of the measured steps. MFU counts the
 model's FLOPs (4 x matmul weights per token, since frozen weights get no weight gradients, plus
@@ -49,6 +57,7 @@ PATHS = (
     "plain-hf",
     "unsloth-loop",
 )
+TOOLKIT_PATHS = PATHS[:4]
 LORA_R, LORA_ALPHA = 16, 16
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RESULTS = Path(__file__).parent / "results"
@@ -106,6 +115,123 @@ def summarise(
         "tokens_per_step": tokens_per_step,
         "tokens_per_second": round(tokens_per_step / median, 1),
         "measured_steps": len(measured),
+    }
+
+
+def parse_path(spec: str) -> tuple[str, dict[str, Any]]:
+    """'toolkit-hf:gradient_checkpointing=False,optim=adamw_torch' -> the path and its settings."""
+    import ast
+
+    path, _, rest = spec.partition(":")
+    settings: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        name, _, text = item.partition("=")
+        try:
+            settings[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            settings[name] = text
+    return path, settings
+
+
+def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """RunConfig fields and the rest (TrainingArguments names)."""
+    from dataclasses import fields
+
+    from lowres_ft.config import RunConfig
+
+    names = {f.name for f in fields(RunConfig)}
+    return (
+        {k: v for k, v in settings.items() if k in names},
+        {k: v for k, v in settings.items() if k not in names},
+    )
+
+
+# --- profiling --------------------------------------------------------------------------------
+
+
+class StepProfiler:
+    """torch.profiler over a window of steps, reduced to what says where a step's time goes:
+    how busy the GPU was, its largest idle gaps, the top kernels and the host-device syncs."""
+
+    def __init__(self, folder: str | None, name: str) -> None:
+        self.folder, self.name = folder, name
+        self.profile: Any = None
+        self.started = 0.0
+        self.summary: dict[str, Any] = {}
+
+    def start(self) -> None:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+        self.profile = profile(activities=activities, with_stack=bool(self.folder))
+        self.profile.__enter__()
+        self.started = time.perf_counter()
+
+    def stop(self, steps: int) -> dict[str, Any]:
+        import torch
+
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - self.started
+        self.profile.__exit__(None, None, None)
+        self.summary = summarise_profile(self.profile, wall, steps)
+        if self.folder:
+            import gzip
+
+            Path(self.folder).mkdir(parents=True, exist_ok=True)
+            raw = Path(self.folder) / f"trace_{self.name}.json"
+            self.profile.export_chrome_trace(str(raw))
+            with raw.open("rb") as source, gzip.open(f"{raw}.gz", "wb") as target:
+                shutil.copyfileobj(source, target)
+            raw.unlink()
+        return self.summary
+
+
+def summarise_profile(profile: Any, wall: float, steps: int) -> dict[str, Any]:
+    events = profile.events()
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end, e.name)
+        for e in events
+        if str(getattr(e, "device_type", "")).endswith("CUDA") and e.time_range.end > 0
+    )
+    busy, gaps, end = 0.0, [], None
+    for start, stop, name in kernels:
+        if end is not None and start > end:
+            gaps.append((start - end, name))
+        if end is None or start > end:
+            busy += stop - start
+        elif stop > end:
+            busy += stop - end
+        end = stop if end is None else max(end, stop)
+    syncs: dict[str, int] = {}
+    for e in events:
+        if e.name in (
+            "cudaStreamSynchronize",
+            "cudaDeviceSynchronize",
+            "cudaEventSynchronize",
+            "aten::_local_scalar_dense",
+        ):
+            syncs[e.name] = syncs.get(e.name, 0) + 1
+    by_kernel: dict[str, list[float]] = {}
+    for start, stop, name in kernels:
+        by_kernel.setdefault(name, []).append(stop - start)
+    top = sorted(by_kernel.items(), key=lambda item: -sum(item[1]))[:15]
+    gaps.sort(reverse=True)
+    return {
+        "steps": steps,
+        "wall_seconds_per_step": round(wall / steps, 4),
+        "gpu_busy_seconds_per_step": round(busy / 1e6 / steps, 4),
+        "gpu_busy_share": round(busy / 1e6 / wall, 3),
+        "kernels_per_step": len(kernels) // steps,
+        "gaps_over_1ms_per_step": round(sum(1 for g, _ in gaps if g > 1000) / steps, 1),
+        "gap_seconds_per_step": round(sum(g for g, _ in gaps) / 1e6 / steps, 4),
+        "largest_gaps_ms_before": [(round(g / 1000, 2), n[:60]) for g, n in gaps[:8]],
+        "syncs_per_step": {k: round(v / steps, 1) for k, v in syncs.items()},
+        "top_kernels_ms_per_step": [
+            (name[:70], round(sum(times) / 1000 / steps, 2), len(times) // steps)
+            for name, times in top
+        ],
     }
 
 
@@ -191,6 +317,30 @@ def timed_config(
     )
 
 
+def profiler_callback(args: argparse.Namespace, first_step: int) -> Any:
+    """A trainer callback that profiles args.profile steps from `first_step` on."""
+    from transformers import TrainerCallback
+
+    profiler = StepProfiler(args.profile_dir, case_name(args))
+
+    class ProfileWindow(TrainerCallback):
+        def on_step_begin(self, train_args, state, control, **kwargs):
+            if state.global_step == first_step:
+                profiler.start()
+
+        def on_step_end(self, train_args, state, control, **kwargs):
+            if state.global_step == first_step + args.profile:
+                profiler.stop(args.profile)
+
+    return ProfileWindow(), profiler
+
+
+def case_name(args: argparse.Namespace) -> str:
+    """The case as a file name: letters, digits, '.', '_' and '-'."""
+    text = f"{args.shape}_{args.path}"
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
 def run_toolkit(
     args: argparse.Namespace, backend: str, liger: str, optim: str = "auto"
 ) -> dict[str, Any]:
@@ -198,12 +348,14 @@ def run_toolkit(
     from lowres_ft.train import preflight, read_metrics, run_training, setup_training
 
     sequence, batch = SHAPE_BATCHES[args.shape]
-    steps = args.warmup + args.steps
+    timed = args.warmup + args.steps
+    steps = timed + args.profile
     model_dir = Path(args.work) / "models" / args.shape
-    run_dir = Path(args.work) / "runs" / f"{args.shape}-{args.path}"
+    run_dir = Path(args.work) / "runs" / case_name(args)
     shutil.rmtree(run_dir, ignore_errors=True)
     rows = long_rows(args.data, args.tokenizer, sequence, steps * batch + 8)
     write_run_data(run_dir, rows[:-4], rows[-4:])
+    config_changes, trainer_changes = split_settings(args.settings)
     config = timed_config(
         run_dir,
         model_dir,
@@ -211,14 +363,22 @@ def run_toolkit(
         batch,
         steps,
         args.logging_steps,
-        backend=backend,
-        liger=liger,
-        optim=optim,
+        **{"backend": backend, "liger": liger, "optim": optim, **config_changes},
     )
     setup = setup_training(config)
+    for name, value in trainer_changes.items():
+        setattr(setup.trainer.args, name, value)
+    profiler = None
+    if args.profile:
+        window, profiler = profiler_callback(args, timed)
+        setup.trainer.add_callback(window)
     check = preflight(setup)
     run_training(setup, check)
-    metrics = [m for m in read_metrics(run_dir) if "loss" in m and m.get("step_seconds")]
+    metrics = [
+        m
+        for m in read_metrics(run_dir)
+        if "loss" in m and m.get("step_seconds") and m["step"] <= timed
+    ]
     step_seconds = [m["step_seconds"] for m in metrics]  # per step, averaged over each log interval
     after_warmup = [  # intervals that start after the warm-up
         m["step_seconds"]
@@ -239,6 +399,9 @@ def run_toolkit(
         "liger": bool(trainer.args.use_liger_kernel),
         "optim": str(trainer.args.optim),
         "lora_dropout": config.lora_dropout,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "settings": args.settings,
+        **({"profile": profiler.summary} if profiler else {}),
     }
 
 
@@ -329,17 +492,30 @@ def run_loop(args: argparse.Namespace, loader: Any) -> dict[str, Any]:
         seconds, loss = timed_step(model, optimizer, input_ids=ids, labels=ids)
         step_seconds.append(seconds)
         losses.append(round(loss.item(), 4))
+    profile = {}
+    if args.profile:
+        profiler = StepProfiler(args.profile_dir, case_name(args))
+        profiler.start()
+        for _ in range(args.profile):
+            ids = torch.randint(0, min(vocab, 49152), (batch, sequence), device="cuda")
+            timed_step(model, optimizer, input_ids=ids, labels=ids)
+        profile = {"profile": profiler.stop(args.profile)}
     return {
         **summarise(step_seconds, sequence * batch, args.warmup),
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
         "losses": losses,
+        **profile,
     }
 
 
 def run_case(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    spec = args.path
+    args.path, args.settings = parse_path(spec)
+    if args.settings and args.path not in TOOLKIT_PATHS:
+        raise SystemExit(f"{spec!r}: settings go with the toolkit paths only")
     if args.path == "toolkit":
         result = run_toolkit(args, "auto", "auto")
     elif args.path == "toolkit-paged8bit":
@@ -358,7 +534,7 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     flops = flops_per_token(args.shape, sequence) * result["tokens_per_second"]
     return {
         "shape": args.shape,
-        "path": args.path,
+        "path": spec,
         "sequence": sequence,
         "batch": SHAPE_BATCHES[args.shape][1],
         **result,
@@ -387,7 +563,10 @@ def versions() -> dict[str, str | None]:
 def child(args: argparse.Namespace, *extra: str, timeout: int) -> tuple[dict | None, str]:
     command = [sys.executable, __file__, "--tokenizer", args.tokenizer, "--data", args.data]
     command += ["--work", args.work, "--warmup", str(args.warmup), "--steps", str(args.steps)]
-    command += ["--ceiling", str(args.ceiling), "--logging-steps", str(args.logging_steps), *extra]
+    command += ["--ceiling", str(args.ceiling), "--logging-steps", str(args.logging_steps)]
+    command += ["--profile", str(args.profile), *extra]
+    if args.profile_dir:
+        command += ["--profile-dir", args.profile_dir]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:
@@ -400,20 +579,24 @@ def child(args: argparse.Namespace, *extra: str, timeout: int) -> tuple[dict | N
 
 def print_table(results: list[dict], ceiling: float) -> None:
     print(f"bf16 matmul ceiling {ceiling:.0f} TFLOP/s")
+    width = max([20, *(len(r["path"]) + 2 for r in results)])
     print(
-        f"{'shape':<14}{'path':<20}{'tok/s':>9}{'step s':>8}{'alloc GiB':>10}{'resv GiB':>9}"
-        f"{'MFU':>7}{'pred GiB':>9}"
+        f"{'shape':<14}{'path':<{width}}{'tok/s':>9}{'step s':>8}{'alloc GiB':>10}{'resv GiB':>9}"
+        f"{'MFU':>7}{'pred GiB':>9}{'GPU busy':>9}"
     )
     for r in results:
         if "error" in r:
             last = (r["error"].strip().splitlines() or ["?"])[-1][:70]
-            print(f"{r['shape']:<14}{r['path']:<20} ERROR {last}")
+            print(f"{r['shape']:<14}{r['path']:<{width}} ERROR {last}")
             continue
         predicted = r.get("predicted_peak_gib")
+        busy = r.get("profile", {}).get("gpu_busy_share")
         print(
-            f"{r['shape']:<14}{r['path']:<20}{r['tokens_per_second']:>9.0f}{r['step_seconds']:>8.3f}"
-            f"{r['peak_allocated_gib']:>10.2f}{r['peak_reserved_gib']:>9.2f}"
-            f"{(r['mfu'] or 0) * 100:>6.1f}%" + (f"{predicted:>9.2f}" if predicted else "")
+            f"{r['shape']:<14}{r['path']:<{width}}{r['tokens_per_second']:>9.0f}"
+            f"{r['step_seconds']:>8.3f}{r['peak_allocated_gib']:>10.2f}"
+            f"{r['peak_reserved_gib']:>9.2f}{(r['mfu'] or 0) * 100:>6.1f}%"
+            + (f"{predicted:>9.2f}" if predicted else f"{'':>9}")
+            + (f"{busy:>9.0%}" if busy is not None else "")
         )
 
 
@@ -431,6 +614,10 @@ def main() -> None:
         default=1,
         help="toolkit paths: log (and sync) every N steps; 5 is the default a user runs with",
     )
+    parser.add_argument(
+        "--profile", type=int, default=0, help="profile N steps after the measured ones"
+    )
+    parser.add_argument("--profile-dir", help="where the Chrome traces (gzip) go")
     parser.add_argument("--work", default="/tmp/lowres_gpu_perf")
     parser.add_argument("--timeout", type=int, default=420, help="seconds per case")
     parser.add_argument("--output", default=str(RESULTS / "gpu_perf.json"))

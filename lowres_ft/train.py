@@ -213,6 +213,9 @@ def sft_config(config: RunConfig, choice: BackendChoice, packing: bool) -> Any:
         train_sampling_strategy="random" if packing else "group_by_length",
         logging_steps=config.logging_steps,
         logging_first_step=True,
+        # The Trainer's filter logs the average of earlier losses in place of a NaN, so NanGuard
+        # would never see one; it also reads the loss back from the GPU after every micro-batch.
+        logging_nan_inf_filter=False,
         eval_strategy="epoch" if config.eval_each_epoch else "steps" if eval_steps else "no",
         eval_steps=eval_steps,
         eval_on_start=not config.resume,

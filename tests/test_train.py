@@ -230,6 +230,30 @@ def test_nan_guard_stops_without_saving_the_bad_state():
     assert "nan at step 5" in guard.reason
 
 
+def test_a_nan_loss_in_real_training_stops_the_run_and_keeps_the_last_good_checkpoint(
+    prepared_run, tmp_path
+):
+    """The Trainer's own NaN filter would log the average of earlier losses instead, and the guard
+    would never see the NaN: the run has to log the loss as it is."""
+    from transformers import TrainerCallback
+
+    class PoisonAdapter(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 4:
+                with torch.no_grad():
+                    next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(math.nan)
+
+    config = _config(
+        prepared_run, tmp_path / "run", max_steps=8, logging_steps=1, save_steps=2, eval_steps=0
+    )
+    setup = setup_training(config)
+    setup.trainer.add_callback(PoisonAdapter())
+    with pytest.raises(TrainingError, match="loss is nan at step 5") as error:
+        run_training(setup)
+    assert "checkpoint-4" in str(error.value)
+    assert not (tmp_path / "run" / "checkpoints" / "checkpoint-6").exists()
+
+
 def test_nan_guard_catches_an_exploding_loss():
     from transformers import TrainerControl, TrainerState
 
