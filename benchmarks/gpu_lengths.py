@@ -13,6 +13,9 @@ Paths:
   toolkit-hf-packed   backend='hf', packing auto: these rows average under half of
                       max_seq_length, so padding-free rows, SDPA with a block mask
 
+A path may carry RunConfig settings after a colon, as in gpu_perf.py:
+`toolkit-hf-packed:compile_layers=on`.
+
     python benchmarks/gpu_lengths.py --tokenizer .gpu/tokenizer --data .gpu/data
 
 writes benchmarks/results/gpu_lengths.json and prints a table.
@@ -37,6 +40,8 @@ from gpu_perf import (  # noqa: E402
     RESULTS,
     build_in_subprocess,
     load_plain_hf,
+    parse_path,
+    split_settings,
     timed_config,
     timed_step,
     versions,
@@ -87,14 +92,20 @@ def run_plain_padded(args: argparse.Namespace) -> dict[str, Any]:
 def run_toolkit(args: argparse.Namespace, backend: str, packing: str) -> dict[str, Any]:
     from lowres_ft.train import preflight, read_metrics, run_training, setup_training
 
-    run_dir = Path(args.work) / "runs" / f"lengths-{args.path}"
+    changes, _ = split_settings(args.settings)
+    run_dir = Path(args.work) / "runs" / f"lengths-{args.path}-{len(args.settings)}"
     shutil.rmtree(run_dir, ignore_errors=True)
     rows = read_rows(args.data)
     write_run_data(run_dir, rows, rows[:4])
     model_dir = Path(args.work) / "models" / SHAPE
     steps = args.warmup + args.steps
     config = timed_config(
-        run_dir, model_dir, SEQUENCE, BATCH, steps, backend=backend, packing=packing
+        run_dir,
+        model_dir,
+        SEQUENCE,
+        BATCH,
+        steps,
+        **{"backend": backend, "packing": packing, **changes},
     )
     setup = setup_training(config)
     run_training(setup, preflight(setup))
@@ -114,6 +125,8 @@ def run_toolkit(args: argparse.Namespace, backend: str, packing: str) -> dict[st
 
 
 def run_case(args: argparse.Namespace) -> dict[str, Any]:
+    spec = args.path
+    args.path, args.settings = parse_path(spec)
     if args.path == "plain-hf-padded":
         result = run_plain_padded(args)
     elif args.path == "toolkit":
@@ -124,7 +137,7 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
         result = run_toolkit(args, "hf", "auto")
     else:
         raise SystemExit(f"unknown path {args.path!r}: use one of {', '.join(PATHS)}")
-    return {"shape": SHAPE, "path": args.path, **result}
+    return {"shape": SHAPE, "path": spec, **result}
 
 
 def length_stats(tokenizer_dir: str, data_dir: str) -> dict[str, Any]:
@@ -195,10 +208,10 @@ def main() -> None:
         (r for r in report["results"] if r["path"] == "plain-hf-padded" and "error" not in r), None
     )
     print(f"lengths (tokens): {report['lengths_in_tokens']}")
-    print(f"{'path':<20}{'effective tok/s':>16}{'x plain':>9}{'peak GiB':>10}")
+    print(f"{'path':<40}{'effective tok/s':>16}{'x plain':>9}{'peak GiB':>10}")
     for r in report["results"]:
         if "error" in r:
-            print(f"{r['path']:<20} ERROR")
+            print(f"{r['path']:<40} ERROR")
             continue
         ratio = (
             r["effective_tokens_per_second"] / baseline["effective_tokens_per_second"]
@@ -206,7 +219,7 @@ def main() -> None:
             else float("nan")
         )
         print(
-            f"{r['path']:<20}{r['effective_tokens_per_second']:>16.0f}{ratio:>9.2f}"
+            f"{r['path']:<40}{r['effective_tokens_per_second']:>16.0f}{ratio:>9.2f}"
             f"{r['peak_allocated_gib']:>10.2f}"
         )
     print(f"wrote {output}")

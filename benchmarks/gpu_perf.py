@@ -356,13 +356,14 @@ def run_toolkit(
     rows = long_rows(args.data, args.tokenizer, sequence, steps * batch + 8)
     write_run_data(run_dir, rows[:-4], rows[-4:])
     config_changes, trainer_changes = split_settings(args.settings)
+    logging_steps = config_changes.pop("logging_steps", args.logging_steps)
     config = timed_config(
         run_dir,
         model_dir,
         sequence,
         batch,
         steps,
-        args.logging_steps,
+        logging_steps,
         **{"backend": backend, "liger": liger, "optim": optim, **config_changes},
     )
     setup = setup_training(config)
@@ -388,7 +389,7 @@ def run_toolkit(
     trainer = setup.trainer
     return {
         **summarise(step_seconds, sequence * batch, args.warmup, after_warmup),
-        "logging_steps": args.logging_steps,
+        "logging_steps": logging_steps,
         "logged_tokens_per_second": [m["tokens_per_second"] for m in metrics],
         "peak_allocated_gib": max(m.get("memory_peak_gib", 0.0) for m in metrics),
         "peak_reserved_gib": max(m.get("memory_reserved_gib", 0.0) for m in metrics),

@@ -23,8 +23,7 @@ DEDUP_MODES = ("none", "exact", "near")
 UNSAFE_PRESETS = ("none", "sensitive")
 BACKENDS = ("auto", "unsloth", "hf", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-PACKING = ("auto", "on", "off")
-LIGER_MODES = ("auto", "on", "off")
+SWITCH = ("auto", "on", "off")  # packing, liger, compile_layers
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
 OPTIMIZERS = (
     "auto",
@@ -99,6 +98,7 @@ class RunConfig:
     packing: str = "auto"  # auto | on | off (auto: padding-free packing where attention allows)
     gradient_checkpointing: bool = True  # recompute activations: much less memory, ~30% slower
     liger: str = "auto"  # auto | on | off: Liger kernels (loss without full logits) off Unsloth
+    compile_layers: str = "off"  # auto | on | off: torch.compile each decoder layer (HF backend)
     optim: str = "auto"  # auto (paged 8-bit AdamW on 16 GB fp16 cards, fused AdamW on bf16 GPUs)
     logging_steps: int = 5  # log loss, learning rate and speed every N steps
     eval_steps: int = 50  # evaluate on the validation split every N steps (0: only at the end)
@@ -156,8 +156,8 @@ class RunConfig:
             raise ConfigError(f"max_rows={self.max_rows}: use 0 for all rows or a positive limit.")
         _one_of("backend", self.backend, BACKENDS)
         _one_of("precision", self.precision, PRECISIONS)
-        _one_of("packing", self.packing, PACKING)
-        _one_of("liger", self.liger, LIGER_MODES)
+        for name in ("packing", "liger", "compile_layers"):
+            _one_of(name, getattr(self, name), SWITCH)
         _one_of("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
         _one_of("optim", self.optim, OPTIMIZERS)
         _one_of("merge_dtype", self.merge_dtype, ("fp16", "bf16", "fp32"))

@@ -126,13 +126,13 @@ def use_packing(
 ) -> bool:
     """Padding-free packing: rows joined end to end, positions restarting at each row.
 
-    Unsloth's attention keeps the joined rows apart at no extra cost, so it always packs. The
-    HF backend keeps them apart by attending row by row (`backends.packed_attention`); it packs
-    when rows average under half of max_seq_length, where padded steps would hold few tokens
-    and packing doubled the useful tokens/s on real Bengali lengths (docs/performance.md). Rows
-    near max_seq_length have nothing to gain, and that case has not been timed packed. Off on
-    the CPU, where a step of packed rows holds more tokens and a fixed-step demo would run
-    longer."""
+    Unsloth's attention keeps the joined rows apart at no extra cost, so it always packs. On the
+    HF backend transformers' SDPA keeps them apart with a block mask built from the positions;
+    it packs when rows average under half of max_seq_length, where padded steps would hold few
+    tokens and packing doubled the useful tokens/s on real Bengali lengths
+    (docs/performance.md). Rows near max_seq_length have nothing to gain, and the mask costs
+    attention work. Off on the CPU, where a step of packed rows holds more tokens and a
+    fixed-step demo would run longer."""
     if config.packing != "auto":
         return config.packing == "on"
     if choice.name == "unsloth":
@@ -162,6 +162,18 @@ def use_liger(config: RunConfig, choice: BackendChoice) -> bool:
         logger.info("liger-kernel is not installed: TRL's chunked loss and transformers' kernels")
         return False
     return True
+
+
+def use_compiled_layers(config: RunConfig, choice: BackendChoice) -> bool:
+    """torch.compile per decoder layer on the HF backend on a GPU (`compile_decoder_layers`).
+    Unsloth compiles its own pieces; on the CPU compiling costs more than it saves."""
+    if config.compile_layers == "on":
+        if choice.name == "unsloth":
+            raise ConfigError(
+                "compile_layers='on' is for the HF backend; Unsloth compiles its own."
+            )
+        return True
+    return config.compile_layers == "auto" and choice.name == "hf"
 
 
 def choose_optimizer(config: RunConfig, choice: BackendChoice) -> str:
@@ -234,8 +246,6 @@ def sft_config(config: RunConfig, choice: BackendChoice, packing: bool) -> Any:
 
 def setup_training(config: RunConfig, hardware: Hardware | None = None) -> TrainingSetup:
     """Choose the backend, load the model with LoRA, tokenise the data, build the trainer."""
-    from trl import SFTTrainer
-
     start_run(config)
     hardware = hardware or detect_hardware()
     choice = choose_backend(config, hardware)
@@ -245,13 +255,14 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
     model = get_backend(choice).load(config, choice, tokenizer)
     memory.append(memory_stats("after load"))
     train_dataset, eval_dataset = build_datasets(config, tokenizer)
+    train_dataset = drop_rows_without_reply(config, train_dataset, "training")
+    if eval_dataset is not None and len(eval_dataset):
+        eval_dataset = drop_rows_without_reply(config, eval_dataset, "validation")
     contract = check_stop_contract(tokenizer, train_dataset)
     packing = use_packing(config, choice, [len(ids) for ids in train_dataset["input_ids"]])
-    if packing and choice.name != "unsloth":  # Unsloth attends row by row on its own
-        from lowres_ft.backends.packed_attention import use_packed_attention
+    from lowres_ft.sft import SyncFreeSFTTrainer  # after the backend: Unsloth before TRL
 
-        use_packed_attention(model)
-    trainer = SFTTrainer(
+    trainer = SyncFreeSFTTrainer(
         model=model,
         args=sft_config(config, choice, packing),
         train_dataset=train_dataset,
@@ -264,9 +275,10 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
         from transformers.integrations.liger import apply_liger_kernel
 
         apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
-    _check_rows_survive(config, train_dataset, trainer.train_dataset, "training")
-    if eval_dataset is not None and len(eval_dataset):
-        _check_rows_survive(config, eval_dataset, trainer.eval_dataset, "validation")
+    if use_compiled_layers(config, choice):  # after Liger, so its kernels are in the graph
+        from lowres_ft.backends.hf import compile_decoder_layers
+
+        logger.info("compiled %d decoder layers", compile_decoder_layers(trainer.model))
     setup = TrainingSetup(
         config,
         hardware,
@@ -289,24 +301,25 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
     return setup
 
 
-def _check_rows_survive(config: RunConfig, given: Any, prepared: Any, split: str) -> None:
-    """TRL drops rows whose replies lie wholly past max_seq_length (the prompt fills it): say so
-    instead of training on a fraction of the data, or failing later on an empty split."""
-    packed = "seq_lengths" in getattr(prepared, "column_names", [])
-    if prepared is None or not hasattr(prepared, "__len__") or packed:
-        return
-    lost = len(given) - len(prepared)
+def drop_rows_without_reply(config: RunConfig, dataset: Any, split: str) -> Any:
+    """Rows whose reply lies wholly past max_seq_length (the prompt fills it) train nothing.
+    Padded, TRL drops them; packed, it keeps them, and a step made only of such rows has a loss
+    of 0/0 (NaN). Drop them here for both, say how many, and fail if none are left."""
+    limit = config.max_seq_length
+    keep = [i for i, mask in enumerate(dataset["assistant_masks"]) if any(mask[:limit])]
+    lost = len(dataset) - len(keep)
     if lost == 0:
-        return
+        return dataset
     message = (
-        f"{lost} of {len(given)} {split} rows have no reply token within "
-        f"max_seq_length={config.max_seq_length} (the prompt alone fills it)"
+        f"{lost} of {len(dataset)} {split} rows have no reply token within "
+        f"max_seq_length={limit} (the prompt alone fills it)"
     )
-    if len(prepared) == 0:
+    if not keep:
         raise TrainingError(
             f"{message}: raise max_seq_length (see the token lengths in 01's report)."
         )
     logger.warning("%s; they are left out", message)
+    return dataset.select(keep)
 
 
 def keep_adapters_in_fp32(model: Any, choice: BackendChoice) -> None:

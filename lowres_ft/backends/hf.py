@@ -72,3 +72,17 @@ def keep_frozen_weights_in(model: Any, dtype: Any) -> None:
     for parameter in model.parameters():
         if parameter.dtype == torch.float32 and not parameter.requires_grad:
             parameter.data = parameter.data.to(dtype)
+
+
+def compile_decoder_layers(model: Any) -> int:
+    """torch.compile each decoder layer in place (regional compilation: the layers share one
+    compiled graph, so it compiles in seconds, not per layer). On the HF backend a GPU step
+    waits on Python: peft's LoRA, bitsandbytes' dequantisation and every small op launch from
+    Python, layer after layer. Compiled, a layer launches as one graph, with its elementwise
+    work fused. Gradient checkpointing wraps the compiled layer as it wrapped the plain one."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
