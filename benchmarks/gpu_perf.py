@@ -394,6 +394,8 @@ def run_toolkit(
         "peak_allocated_gib": max(m.get("memory_peak_gib", 0.0) for m in metrics),
         "peak_reserved_gib": max(m.get("memory_reserved_gib", 0.0) for m in metrics),
         "predicted_peak_gib": check.predicted_peak_gib,
+        "preflight_train_peak_gib": check.train_peak_gib,
+        "preflight_eval_peak_gib": check.eval_peak_gib,
         "losses": [m["loss"] for m in metrics],
         "choice": str(setup.choice),
         "packing": setup.packing,

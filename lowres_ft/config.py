@@ -98,7 +98,7 @@ class RunConfig:
     packing: str = "auto"  # auto | on | off (auto: padding-free packing where attention allows)
     gradient_checkpointing: bool = True  # recompute activations: much less memory, ~30% slower
     liger: str = "auto"  # auto | on | off: Liger kernels (loss without full logits) off Unsloth
-    compile_layers: str = "off"  # auto | on | off: torch.compile each decoder layer (HF backend)
+    compile_layers: str = "auto"  # auto | on | off: torch.compile each decoder layer (HF on a GPU)
     optim: str = "auto"  # auto (paged 8-bit AdamW on 16 GB fp16 cards, fused AdamW on bf16 GPUs)
     logging_steps: int = 5  # log loss, learning rate and speed every N steps
     eval_steps: int = 50  # evaluate on the validation split every N steps (0: only at the end)

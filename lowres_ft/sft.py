@@ -6,7 +6,7 @@ token accuracy and a token count back, and the Trainer reads its own token count
 the GPU was busy for 0.149 s of a 0.247 s Llama-3.2-1B step on the HF backend
 (docs/performance.md). Here a training step reads nothing back: the token count stays on the GPU
 until the next log or checkpoint, and TRL's training-only metrics (entropy, accuracy) are not
-computed. Evaluation is TRL's own.
+computed, in training or in evaluation.
 
 A module of its own, imported once the backend is chosen, because Unsloth must be imported
 before TRL.
@@ -25,9 +25,10 @@ class SyncFreeSFTTrainer(SFTTrainer):
     _parameter_count: int | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not model.training:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # What TRL's compute_loss does for the loss itself, without its metrics.
+        """What TRL's compute_loss does for the loss itself, without its metrics, in training
+        and evaluation alike: evaluation only needs the loss (prediction_loss_only), and TRL's
+        entropy would make a backend that returns logits in evaluation hold them."""
+        inputs.pop("_prediction_loss_only", None)  # TRL's prediction_step marks its inputs
         inputs["use_cache"] = False
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True  # MoE: the router loss joins the loss

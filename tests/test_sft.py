@@ -30,7 +30,7 @@ def run_config(tmp_path_factory, tiny_model, shared_data) -> RunConfig:
     return config
 
 
-def test_training_loss_is_trls_loss_without_its_metrics(run_config):
+def test_training_and_evaluation_loss_is_trls_loss_without_its_metrics(run_config):
     from trl import SFTTrainer
 
     setup = setup_training(run_config)
@@ -43,6 +43,11 @@ def test_training_loss_is_trls_loss_without_its_metrics(run_config):
     theirs = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
     assert "entropy" in trainer._metrics["train"]  # the test can tell the two apart
     assert torch.allclose(ours, theirs)
+    trainer.model.eval()
+    with torch.no_grad():
+        loss, _, _ = trainer.prediction_step(trainer.model, dict(batch), prediction_loss_only=True)
+        assert not trainer._metrics["eval"]
+        assert torch.allclose(loss, SFTTrainer.compute_loss(trainer, trainer.model, dict(batch)))
 
 
 def _train_counting(run_config: RunConfig, run_dir: Path) -> tuple[int, list[int]]:

@@ -36,6 +36,7 @@ from lowres_ft.train import (
     run_training,
     setup_training,
     train,
+    use_compiled_layers,
     use_liger,
     use_packing,
 )
@@ -460,7 +461,8 @@ def test_packing_follows_the_backend_and_on_hf_the_row_lengths():
     cpu = BackendChoice("cpu", "fp32", False, "CPU")
     config = RunConfig(max_seq_length=2048)
     real_bengali = [512, 556, 841, 300, 1873]  # median, mean, p90 and max of bn_instruct
-    assert use_packing(config, unsloth, [2048] * 8)  # its attention packs at no extra cost
+    assert use_packing(config, unsloth, real_bengali)
+    assert not use_packing(config, unsloth, [2048] * 8)  # full rows: one SDPA call per joined row
     assert use_packing(config, hf, real_bengali)  # mostly short rows: steps would be half empty
     assert not use_packing(config, hf, [2048, 3000, 1900])  # full rows: the block mask only costs
     assert not use_packing(config, cpu, real_bengali)  # a fixed-step CPU run would take longer
@@ -487,3 +489,48 @@ def test_packed_training_runs_and_its_preflight_sees_one_joined_row(prepared_run
     assert check.fits and check.step_seconds > 0
     result = run_training(setup, check)
     assert result.global_step == 2 and math.isfinite(result.train_loss)
+
+
+def test_layers_are_compiled_on_the_hf_gpu_backend_only():
+    hf, cpu = BackendChoice("hf", "bf16", True, "A100"), BackendChoice("cpu", "fp32", False, "")
+    unsloth = BackendChoice("unsloth", "bf16", True, "A100")
+    assert use_compiled_layers(RunConfig(), hf)
+    assert not use_compiled_layers(RunConfig(), cpu) and not use_compiled_layers(
+        RunConfig(), unsloth
+    )
+    assert not use_compiled_layers(RunConfig(compile_layers="off"), hf)
+    with pytest.raises(ConfigError, match="Unsloth compiles its own"):
+        use_compiled_layers(RunConfig(compile_layers="on"), unsloth)
+
+
+def test_compiled_layers_train_as_the_plain_ones_and_go_back_to_eager(tiny_model):
+    """Compiled decoder layers under LoRA and gradient checkpointing, as the HF backend trains:
+    the same loss and gradients as eager layers; afterwards the layers run eager again."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lowres_ft.backends.hf import compile_decoder_layers, uncompile_decoder_layers
+
+    def lora_model():
+        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        torch.manual_seed(0)
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+        return get_peft_model(model, lora).train()
+
+    from torch._dynamo.utils import counters
+
+    eager, compiled = lora_model(), lora_model()
+    assert compile_decoder_layers(compiled) == 2
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.manual_seed(1))
+    graphs = counters["stats"]["unique_graphs"]
+    losses = [m(input_ids=ids, labels=ids).loss for m in (eager, compiled)]
+    assert counters["stats"]["unique_graphs"] > graphs  # compiled, not fallen back to eager
+    for loss in losses:
+        loss.backward()
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+    grads = [[p.grad for p in m.parameters() if p.requires_grad] for m in (eager, compiled)]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads, strict=True))
+    uncompile_decoder_layers(compiled)
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in compiled.modules())

@@ -76,13 +76,24 @@ def keep_frozen_weights_in(model: Any, dtype: Any) -> None:
 
 def compile_decoder_layers(model: Any) -> int:
     """torch.compile each decoder layer in place (regional compilation: the layers share one
-    compiled graph, so it compiles in seconds, not per layer). On the HF backend a GPU step
+    compiled graph, so it compiles in seconds, not once per layer). On the HF backend a GPU step
     waits on Python: peft's LoRA, bitsandbytes' dequantisation and every small op launch from
-    Python, layer after layer. Compiled, a layer launches as one graph, with its elementwise
-    work fused. Gradient checkpointing wraps the compiled layer as it wrapped the plain one."""
+    Python, layer after layer; compiled, the work between them is fused and launched at once.
+    Gradient checkpointing wraps the compiled layer as it wrapped the plain one. A layer that
+    fails to compile runs as before (with a warning) rather than stopping the run."""
+    import torch._dynamo
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    torch._dynamo.config.suppress_errors = True
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:
         layer.compile()
     return len(layers)
+
+
+def uncompile_decoder_layers(model: Any) -> None:
+    """Back to eager layers after training: generation feeds a growing cache one token at a
+    time, which would recompile the layers for every new shape."""
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
