@@ -127,16 +127,18 @@ def use_packing(
 ) -> bool:
     """Padding-free packing: rows joined end to end, positions restarting at each row.
 
-    It pays where rows are short: a padded step of short rows holds few tokens, and on real
-    Bengali lengths (mean 556 of 2,048) packing doubled the useful tokens/s on the HF backend
-    (docs/performance.md). Rows near max_seq_length have nothing to gain and the joined rows
-    cost attention work: Unsloth then runs SDPA once per joined row, and the HF backend
-    (transformers' SDPA) a block mask over the whole joined row. So both backends pack when
-    rows average under half of max_seq_length. Off on the CPU, where a step of packed rows
-    holds more tokens and a fixed-step demo would run longer."""
+    Unsloth always packs: its attention keeps the joined rows apart, and its padded path through
+    SFTTrainer stopped at a CUDA assert in its fused loss on the H200 (docs/performance.md). On
+    the HF backend transformers' SDPA keeps the rows apart with a block mask built from the
+    positions; it packs when rows average under half of max_seq_length, where padded steps would
+    hold few tokens and packing doubled the useful tokens/s on real Bengali lengths. Rows near
+    max_seq_length have nothing to gain, and the mask costs attention work. Off on the CPU, where
+    a step of packed rows holds more tokens and a fixed-step demo would run longer."""
     if config.packing != "auto":
         return config.packing == "on"
-    if choice.name == "cpu" or not lengths:
+    if choice.name == "unsloth":
+        return True
+    if choice.name != "hf" or not lengths:
         return False
     cut = [min(n, config.max_seq_length) for n in lengths]
     return sum(cut) / len(cut) < config.max_seq_length / 2

@@ -461,8 +461,7 @@ def test_packing_follows_the_backend_and_on_hf_the_row_lengths():
     cpu = BackendChoice("cpu", "fp32", False, "CPU")
     config = RunConfig(max_seq_length=2048)
     real_bengali = [512, 556, 841, 300, 1873]  # median, mean, p90 and max of bn_instruct
-    assert use_packing(config, unsloth, real_bengali)
-    assert not use_packing(config, unsloth, [2048] * 8)  # full rows: one SDPA call per joined row
+    assert use_packing(config, unsloth, [2048] * 8)  # its padded path failed on the H200
     assert use_packing(config, hf, real_bengali)  # mostly short rows: steps would be half empty
     assert not use_packing(config, hf, [2048, 3000, 1900])  # full rows: the block mask only costs
     assert not use_packing(config, cpu, real_bengali)  # a fixed-step CPU run would take longer
