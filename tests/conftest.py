@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lowres_ft.config import RunConfig
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 DATA_FILES = (
@@ -44,3 +46,30 @@ def tiny_model(tmp_path_factory, shared_data) -> Path:
     texts = [r["instruction"] + "\n" + r["output"] for r in rows[:800]]
     folder = tmp_path_factory.mktemp("tiny") / "model"
     return build_random_model(folder, "tiny", tiny_tokenizer(texts, vocab_size=1000))
+
+
+@pytest.fixture(scope="session")
+def prepared_run(tmp_path_factory, tiny_model, shared_data) -> RunConfig:
+    """Real Bengali chats, cleaned and split once; tests copy the config with their knobs."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = RunConfig(
+        run_dir=str(run_dir),
+        model_name=str(tiny_model),
+        max_rows=240,
+        max_seq_length=128,
+        data_path=str(shared_data / "bn_instruct/bn_instruct.jsonl"),
+    )
+    from lowres_ft.data.prepare import prepare_data
+
+    prepare_data(config, progress=False)
+    return config
+
+
+def run_copy(base: RunConfig, run_dir: Path, **changes) -> RunConfig:
+    """`base` with changes, in a new run folder that shares base's prepared data."""
+    values = {**base.to_dict(), "run_dir": str(run_dir), **changes}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = run_dir / "data"
+    if not data.exists():
+        data.symlink_to(Path(base.run_dir) / "data")
+    return RunConfig(**values)

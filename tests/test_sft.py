@@ -6,34 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
+from conftest import run_copy
 
 from lowres_ft.config import RunConfig
-from lowres_ft.data.prepare import prepare_data
 from lowres_ft.sft import SyncFreeSFTTrainer
 from lowres_ft.train import run_training, setup_training
 
 
-@pytest.fixture(scope="module")
-def run_config(tmp_path_factory, tiny_model, shared_data) -> RunConfig:
-    run_dir = tmp_path_factory.mktemp("sft")
-    config = RunConfig(
-        run_dir=str(run_dir),
-        model_name=str(tiny_model),
-        max_rows=120,
-        max_seq_length=256,
-        batch_size=2,
-        data_path=str(shared_data / "bn_instruct/bn_instruct.jsonl"),
-    )
-    prepare_data(config, progress=False)
-    return config
-
-
-def test_training_and_evaluation_loss_is_trls_loss_without_its_metrics(run_config):
+def test_training_and_evaluation_loss_is_trls_loss_without_its_metrics(prepared_run, tmp_path):
     from trl import SFTTrainer
 
-    setup = setup_training(run_config)
+    setup = setup_training(
+        run_copy(prepared_run, tmp_path / "run", max_seq_length=256, batch_size=2)
+    )
     trainer = setup.trainer
     assert isinstance(trainer, SyncFreeSFTTrainer)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
@@ -50,20 +36,18 @@ def test_training_and_evaluation_loss_is_trls_loss_without_its_metrics(run_confi
         assert torch.allclose(loss, SFTTrainer.compute_loss(trainer, trainer.model, dict(batch)))
 
 
-def _train_counting(run_config: RunConfig, run_dir: Path) -> tuple[int, list[int]]:
+def _train_counting(prepared_run: RunConfig, run_dir: Path) -> tuple[int, list[int]]:
     """Tokens seen at the end and in each saved checkpoint, 4 steps, a log every 3."""
-    config = RunConfig(
-        **{
-            **run_config.to_dict(),
-            "run_dir": str(run_dir),
-            "max_steps": 4,
-            "logging_steps": 3,
-            "save_steps": 2,
-            "eval_steps": 0,
-        }
+    config = run_copy(
+        prepared_run,
+        run_dir,
+        max_seq_length=256,
+        batch_size=2,
+        max_steps=4,
+        logging_steps=3,
+        save_steps=2,
+        eval_steps=0,
     )
-    run_dir.mkdir()
-    (run_dir / "data").symlink_to(Path(run_config.run_dir) / "data")
     setup = setup_training(config)
     run_training(setup)
     saved = [
@@ -76,11 +60,11 @@ def _train_counting(run_config: RunConfig, run_dir: Path) -> tuple[int, list[int
 
 
 def test_token_count_is_the_trainers_own_and_is_saved_with_each_checkpoint(
-    run_config, tmp_path, monkeypatch
+    prepared_run, tmp_path, monkeypatch
 ):
-    ours = _train_counting(run_config, tmp_path / "ours")
+    ours = _train_counting(prepared_run, tmp_path / "ours")
     monkeypatch.delattr(SyncFreeSFTTrainer, "_track_num_input_tokens")  # the Trainer's, synced
-    theirs = _train_counting(run_config, tmp_path / "theirs")
+    theirs = _train_counting(prepared_run, tmp_path / "theirs")
     assert ours == theirs
     total, (at_2, at_4) = ours
     assert 0 < at_2 < at_4 == total

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_copy
 
 from lowres_ft.backends import BackendChoice, Hardware, choose_backend, choose_precision
 from lowres_ft.callbacks import NanGuard
 from lowres_ft.cli import data_parallel_command
 from lowres_ft.config import ConfigError, RunConfig
 from lowres_ft.data.format import tokenize_for_training
-from lowres_ft.data.prepare import prepare_data
 from lowres_ft.train import (
     TrainingError,
     _worst_case_batch,
@@ -47,30 +47,6 @@ L4 = Hardware("cuda", "NVIDIA L4", (8, 9), 22.5, 1)
 A100 = Hardware("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 39.6, 1)
 H100 = Hardware("cuda", "NVIDIA H100 80GB HBM3", (9, 0), 79.1, 1)
 CPU = Hardware("cpu", "x86_64")
-
-
-@pytest.fixture(scope="session")
-def prepared_run(tmp_path_factory, tiny_model, shared_data) -> RunConfig:
-    """Real Bengali chats, cleaned and split once; tests copy the config with their knobs."""
-    run_dir = tmp_path_factory.mktemp("run")
-    config = RunConfig(
-        run_dir=str(run_dir),
-        model_name=str(tiny_model),
-        max_rows=240,
-        max_seq_length=128,
-        data_path=str(shared_data / "bn_instruct/bn_instruct.jsonl"),
-    )
-    prepare_data(config, progress=False)
-    return config
-
-
-def _config(base: RunConfig, run_dir: Path, **changes) -> RunConfig:
-    values = {**base.to_dict(), "run_dir": str(run_dir), **changes}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = run_dir / "data"
-    if not data.exists():
-        data.symlink_to(Path(base.run_dir) / "data")
-    return RunConfig(**values)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +152,7 @@ def test_adapters_are_cast_back_to_fp32_under_the_t4_policy(tiny_model):
 
 
 def test_training_leaves_a_complete_run_folder(prepared_run, tmp_path):
-    config = _config(
+    config = run_copy(
         prepared_run,
         tmp_path / "run",
         max_steps=8,
@@ -209,7 +185,7 @@ def test_training_leaves_a_complete_run_folder(prepared_run, tmp_path):
 
 
 def test_preflight_on_cpu_times_the_worst_case_step(prepared_run, tmp_path):
-    setup = setup_training(_config(prepared_run, tmp_path / "run", batch_size=2))
+    setup = setup_training(run_copy(prepared_run, tmp_path / "run", batch_size=2))
     result = preflight(setup)
     assert result.fits and result.sequence_length == 128 and result.batch_size == 2
     assert result.step_seconds > 0 and "steps planned" in result.advice
@@ -244,7 +220,7 @@ def test_a_nan_loss_in_real_training_stops_the_run_and_keeps_the_last_good_check
                 with torch.no_grad():
                     next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(math.nan)
 
-    config = _config(
+    config = run_copy(
         prepared_run, tmp_path / "run", max_steps=8, logging_steps=1, save_steps=2, eval_steps=0
     )
     setup = setup_training(config)
@@ -266,7 +242,7 @@ def test_nan_guard_catches_an_exploding_loss():
 
 def test_training_resumes_after_sigkill_to_the_same_final_step(prepared_run, tmp_path):
     run_dir = tmp_path / "killed"
-    config = _config(
+    config = run_copy(
         prepared_run,
         run_dir,
         max_steps=150,
@@ -400,7 +376,7 @@ def test_gpus_flag_relaunches_the_same_command_once_per_gpu():
 def test_data_parallel_training_writes_one_log_and_one_adapter(prepared_run, tmp_path):
     """Two processes (gloo on the CPU, NCCL on GPUs) train one run folder: only rank 0 writes."""
     run_dir = tmp_path / "ddp"
-    config = _config(
+    config = run_copy(
         prepared_run, run_dir, max_steps=4, logging_steps=1, save_steps=100, eval_steps=0
     )
     config.save()
@@ -472,7 +448,7 @@ def test_packing_follows_the_backend_and_on_hf_the_row_lengths():
 def test_packed_training_runs_and_its_preflight_sees_one_joined_row(prepared_run, tmp_path):
     """At 128 tokens most of these rows' replies lie past the limit: packed batches of such rows
     would train nothing and log a loss of 0/0, so they are left out before packing."""
-    config = _config(
+    config = run_copy(
         prepared_run, tmp_path / "run", packing="on", batch_size=2, max_steps=2, eval_steps=0
     )
     setup = setup_training(config)
