@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpu_perf import (  # noqa: E402
     RESULTS,
     build_in_subprocess,
+    file_name,
     load_plain_hf,
     parse_path,
     split_settings,
@@ -93,7 +94,7 @@ def run_toolkit(args: argparse.Namespace, backend: str, packing: str) -> dict[st
     from lowres_ft.train import preflight, read_metrics, run_training, setup_training
 
     changes, _ = split_settings(args.settings)
-    run_dir = Path(args.work) / "runs" / f"lengths-{args.path}-{len(args.settings)}"
+    run_dir = Path(args.work) / "runs" / file_name(f"lengths-{args.spec}")
     shutil.rmtree(run_dir, ignore_errors=True)
     rows = read_rows(args.data)
     write_run_data(run_dir, rows, rows[:4])
@@ -125,7 +126,7 @@ def run_toolkit(args: argparse.Namespace, backend: str, packing: str) -> dict[st
 
 
 def run_case(args: argparse.Namespace) -> dict[str, Any]:
-    spec = args.path
+    spec = args.spec = args.path
     args.path, args.settings = parse_path(spec)
     if args.path == "plain-hf-padded":
         result = run_plain_padded(args)

@@ -335,10 +335,14 @@ def profiler_callback(args: argparse.Namespace, first_step: int) -> Any:
     return ProfileWindow(), profiler
 
 
-def case_name(args: argparse.Namespace) -> str:
-    """The case as a file name: letters, digits, '.', '_' and '-'."""
-    text = f"{args.shape}_{args.path}"
+def file_name(text: str) -> str:
+    """`text` as a file name: letters, digits, '.', '_' and '-'."""
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def case_name(args: argparse.Namespace) -> str:
+    """The case with its settings, so that two settings of one path keep apart files."""
+    return file_name(f"{args.shape}_{args.spec}")
 
 
 def run_toolkit(
@@ -515,7 +519,7 @@ def run_loop(args: argparse.Namespace, loader: Any) -> dict[str, Any]:
 def run_case(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    spec = args.path
+    spec = args.spec = args.path
     args.path, args.settings = parse_path(spec)
     if args.settings and args.path not in TOOLKIT_PATHS:
         raise SystemExit(f"{spec!r}: settings go with the toolkit paths only")
