@@ -122,26 +122,30 @@ def checkpoint_dir(config: RunConfig) -> Path:
     )
 
 
+# Packing when the rows' mean length is under this share of max_seq_length, per backend.
+PACKING_FILL = {"unsloth": 0.9, "hf": 0.5}
+
+
 def use_packing(
     config: RunConfig, choice: BackendChoice, lengths: Sequence[int] | None = None
 ) -> bool:
     """Padding-free packing: rows joined end to end, positions restarting at each row.
 
-    Unsloth always packs: its attention keeps the joined rows apart, and its padded path through
-    SFTTrainer stopped at a CUDA assert in its fused loss on the H200 (docs/performance.md). On
-    the HF backend transformers' SDPA keeps the rows apart with a block mask built from the
-    positions; it packs when rows average under half of max_seq_length, where padded steps would
-    hold few tokens and packing doubled the useful tokens/s on real Bengali lengths. Rows near
-    max_seq_length have nothing to gain, and the mask costs attention work. Off on the CPU, where
-    a step of packed rows holds more tokens and a fixed-step demo would run longer."""
+    It pays where rows are short against max_seq_length: padded steps would then hold few
+    tokens. Unsloth keeps joined rows apart at little cost (one attention call per run of
+    equal-length rows) and packs unless the rows nearly fill max_seq_length; for rows that do,
+    its padded path ran 58,348 tokens/s against 44,257 packed (Llama-3.2-1B, 4 x 2,048, H200,
+    docs/performance.md). On the HF backend transformers' SDPA keeps the rows apart with a block
+    mask built from the positions, which costs attention work; it packs when rows average under
+    half of max_seq_length, where packing doubled the useful tokens/s on real Bengali lengths.
+    Off on the CPU, where a step of packed rows holds more tokens and a fixed-step demo would
+    run longer."""
     if config.packing != "auto":
         return config.packing == "on"
-    if choice.name == "unsloth":
-        return True
-    if choice.name != "hf" or not lengths:
+    if choice.name not in PACKING_FILL or not lengths:
         return False
     cut = [min(n, config.max_seq_length) for n in lengths]
-    return sum(cut) / len(cut) < config.max_seq_length / 2
+    return sum(cut) / len(cut) < config.max_seq_length * PACKING_FILL[choice.name]
 
 
 def use_liger(config: RunConfig, choice: BackendChoice) -> bool:
@@ -258,10 +262,10 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
     model = get_backend(choice).load(config, choice, tokenizer)
     memory.append(memory_stats("after load"))
     train_dataset, eval_dataset = build_datasets(config, tokenizer)
-    train_dataset = drop_rows_without_reply(config, train_dataset, "training")
+    contract = check_stop_contract(tokenizer, train_dataset)  # on whole rows, before the cut
+    train_dataset = fit_rows_to_length(config, train_dataset, "training")
     if eval_dataset is not None and len(eval_dataset):
-        eval_dataset = drop_rows_without_reply(config, eval_dataset, "validation")
-    contract = check_stop_contract(tokenizer, train_dataset)
+        eval_dataset = fit_rows_to_length(config, eval_dataset, "validation")
     packing = use_packing(config, choice, [len(ids) for ids in train_dataset["input_ids"]])
     from lowres_ft.sft import SyncFreeSFTTrainer  # after the backend: Unsloth before TRL
 
@@ -307,25 +311,44 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
     return setup
 
 
-def drop_rows_without_reply(config: RunConfig, dataset: Any, split: str) -> Any:
-    """Rows whose reply lies wholly past max_seq_length (the prompt fills it) train nothing.
-    Padded, TRL drops them; packed, it keeps them, and a step made only of such rows has a loss
-    of 0/0 (NaN). Drop them here for both, say how many, and fail if none are left."""
+def fit_rows_to_length(config: RunConfig, dataset: Any, split: str) -> Any:
+    """Rows cut to max_seq_length here, on every backend, and rows with no reply token left in
+    that length left out, with a count of each.
+
+    TRL would cut the rows itself, but Unsloth's SFTTrainer, padded, passed 2,601-token rows
+    through; Unsloth cut the ids in the model and not the labels, and its loss indexed past their
+    end (a CUDA assert on the H200, docs/performance.md). A row whose reply lies wholly past the
+    limit trains nothing: padded, TRL drops it; packed, a step made only of such rows has a loss
+    of 0/0 (NaN). Fails if no row is left."""
     limit = config.max_seq_length
     keep = [i for i, mask in enumerate(dataset["assistant_masks"]) if any(mask[:limit])]
     lost = len(dataset) - len(keep)
-    if lost == 0:
-        return dataset
-    message = (
-        f"{lost} of {len(dataset)} {split} rows have no reply token within "
-        f"max_seq_length={limit} (the prompt alone fills it)"
-    )
-    if not keep:
-        raise TrainingError(
-            f"{message}: raise max_seq_length (see the token lengths in 01's report)."
+    if lost:
+        message = (
+            f"{lost} of {len(dataset)} {split} rows have no reply token within "
+            f"max_seq_length={limit} (the prompt alone fills it)"
         )
-    logger.warning("%s; they are left out", message)
-    return dataset.select(keep)
+        if not keep:
+            raise TrainingError(
+                f"{message}: raise max_seq_length (see the token lengths in 01's report)."
+            )
+        logger.warning("%s; they are left out", message)
+        dataset = dataset.select(keep)
+    long = sum(len(ids) > limit for ids in dataset["input_ids"])
+    if not long:
+        return dataset
+    logger.warning(
+        "%d of %d %s rows are longer than max_seq_length=%d tokens: cut to it (their ends are "
+        "not trained; raise max_seq_length to keep them whole)",
+        long,
+        len(dataset),
+        split,
+        limit,
+    )
+    columns = [c for c in ("input_ids", "assistant_masks") if c in dataset.column_names]
+    return dataset.map(
+        lambda row: {c: row[c][:limit] for c in columns}, desc=f"Cutting {split} rows"
+    )
 
 
 def keep_adapters_in_fp32(model: Any, choice: BackendChoice) -> None:
@@ -448,11 +471,12 @@ def _measure(setup: TrainingSetup, batch: int, accumulation: int) -> Preflight:
     started = time.perf_counter()
     try:
         with _forward_as_in_training(trainer, model):
+            prepared = trainer._prepare_inputs(inputs)
             if on_gpu:
-                _steps_with_optimizer(trainer, model, trainer._prepare_inputs(inputs))
+                _steps_with_optimizer(trainer, model, prepared)
                 torch.cuda.synchronize()
             else:  # no memory to measure: one step gives the time
-                trainer.training_step(model, trainer._prepare_inputs(inputs))
+                trainer.training_step(model, prepared, _items_in_batch(trainer, prepared))
             step_seconds = time.perf_counter() - started
             train_peak = torch.cuda.max_memory_allocated() / GIB if on_gpu else 0.0
             model.zero_grad(set_to_none=True)
@@ -529,19 +553,27 @@ def _forward_as_in_training(trainer: Any, model: Any) -> Iterator[None]:
 
 
 def _steps_with_optimizer(trainer: Any, model: Any, inputs: dict[str, Any]) -> None:
-    """Two real steps, optimizer update included (its states and temporaries count), then the
-    trainable weights are put back and the optimizer dropped, so training starts untouched."""
+    """Two real steps, optimizer update included, then the trainable weights are put back and
+    the optimizer dropped, so training starts untouched. The peak is the second step's, which
+    holds the optimizer's states as every training step does: the first also compiles
+    (Unsloth's layers, the HF backend's compiled layers), which training does not repeat. On
+    Unsloth the peak over both steps was 9.5 GiB against 2.0 in training (Llama-3.2-1B) and
+    21.0 against 7.2 (Llama-3.1-8B); docs/performance.md."""
     import torch
 
     saved = {  # on the CPU: a copy on the card would count against the peak it measures
         n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
     }
     optimizer = trainer.create_optimizer()
+    items = _items_in_batch(trainer, inputs)
     try:
-        for _ in range(2):
-            trainer.training_step(model, inputs)
+        for step in range(2):
+            trainer.training_step(model, inputs, items)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if step == 0:
+                torch.cuda.synchronize()
+                reset_peak()
     finally:
         with torch.no_grad():
             for name, parameter in model.named_parameters():
@@ -549,6 +581,13 @@ def _steps_with_optimizer(trainer: Any, model: Any, inputs: dict[str, Any]) -> N
                     parameter.copy_(saved[name])
         trainer.optimizer = None
         del optimizer
+
+
+def _items_in_batch(trainer: Any, inputs: dict[str, Any]) -> Any:
+    """The trained-token count the training loop passes with each batch, so the pre-flight's
+    step is the loop's call (Unsloth's patched loss reads it)."""
+    count = getattr(trainer, "_get_num_items_in_batch", None)
+    return count([inputs], inputs["input_ids"].device) if count else None
 
 
 def _planned_steps(setup: TrainingSetup, batch: int, accumulation: int) -> int:

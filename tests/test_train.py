@@ -431,18 +431,38 @@ def test_packed_rows_do_not_attend_across_each_other_in_training(tiny_model):
     assert not torch.allclose(unmasked[:, 37:], alone[:, 37:], atol=1e-2)  # the test can fail
 
 
-def test_packing_follows_the_backend_and_on_hf_the_row_lengths():
+def test_packing_follows_the_backend_and_the_row_lengths():
     unsloth = BackendChoice("unsloth", "bf16", True, "H100")
     hf = BackendChoice("hf", "fp16", True, "T4")
     cpu = BackendChoice("cpu", "fp32", False, "CPU")
     config = RunConfig(max_seq_length=2048)
     real_bengali = [512, 556, 841, 300, 1873]  # median, mean, p90 and max of bn_instruct
-    assert use_packing(config, unsloth, [2048] * 8)  # its padded path failed on the H200
+    assert use_packing(config, unsloth, real_bengali)  # its packing costs little
+    assert not use_packing(config, unsloth, [2048] * 8)  # full rows: padded ran 1.32x faster
+    assert use_packing(config, unsloth, [2048, 1000, 2048])  # a quarter of the steps' room empty
     assert use_packing(config, hf, real_bengali)  # mostly short rows: steps would be half empty
     assert not use_packing(config, hf, [2048, 3000, 1900])  # full rows: the block mask only costs
     assert not use_packing(config, cpu, real_bengali)  # a fixed-step CPU run would take longer
     assert not use_packing(RunConfig(packing="off"), unsloth, real_bengali)
     assert use_packing(RunConfig(packing="on"), cpu, [2048])
+
+
+def test_rows_are_cut_to_max_seq_length_before_the_trainer_sees_them(
+    prepared_run, tmp_path, caplog
+):
+    """Unsloth's padded SFTTrainer passed rows longer than max_seq_length through, and its loss
+    indexed past the cut ids; every backend now gets rows cut to the limit, ids and masks alike,
+    and the log says how many were cut."""
+    config = run_copy(prepared_run, tmp_path / "run", packing="off", max_steps=1, eval_steps=0)
+    with caplog.at_level("WARNING", logger="lowres_ft.train"):
+        setup = setup_training(config)
+    lengths = [len(ids) for ids in setup.train_dataset["input_ids"]]
+    masks = [len(mask) for mask in setup.train_dataset["assistant_masks"]]
+    assert lengths == masks and max(lengths) == 128
+    assert "longer than max_seq_length=128 tokens: cut to it" in caplog.text
+    for batch in setup.trainer.get_train_dataloader():
+        assert batch["input_ids"].shape == batch["labels"].shape
+        assert batch["input_ids"].shape[1] <= 128
 
 
 def test_packed_training_runs_and_its_preflight_sees_one_joined_row(prepared_run, tmp_path):
