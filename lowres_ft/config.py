@@ -95,7 +95,7 @@ class RunConfig:
     warmup_ratio: float = 0.05  # share of steps spent warming up the learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping
-    packing: str = "auto"  # auto | on | off (auto: padding-free packing where attention allows)
+    packing: str = "auto"  # auto | on | off (auto: padding-free where rows leave room; GPU only)
     gradient_checkpointing: bool = True  # recompute activations: much less memory, ~30% slower
     liger: str = "auto"  # auto | on | off: Liger kernels (loss without full logits) off Unsloth
     compile_layers: str = "auto"  # auto | on | off: torch.compile each decoder layer (HF on a GPU)

@@ -558,7 +558,8 @@ def _steps_with_optimizer(trainer: Any, model: Any, inputs: dict[str, Any]) -> N
     holds the optimizer's states as every training step does: the first also compiles
     (Unsloth's layers, the HF backend's compiled layers), which training does not repeat. On
     Unsloth the peak over both steps was 9.5 GiB against 2.0 in training (Llama-3.2-1B) and
-    21.0 against 7.2 (Llama-3.1-8B); docs/performance.md."""
+    21.0 against 7.2 (Llama-3.1-8B); that the first step's compile caused it is not yet
+    measured (docs/performance.md)."""
     import torch
 
     saved = {  # on the CPU: a copy on the card would count against the peak it measures
