@@ -16,6 +16,8 @@ Paths:
 A path may carry settings after a colon, e.g. `toolkit-hf:gradient_checkpointing=False` or
 `toolkit:dataloader_num_workers=2`: RunConfig fields go to the config, other names to the
 trainer's arguments, so one run can measure a change against the path without it.
+`liger_rope=True` brings back Liger's RoPE inside compiled layers (the toolkit leaves it out
+there: `train.liger_kernel_config`).
 
 With `--profile N`, N more steps after the measured ones run under torch.profiler: the JSON gets
 the GPU's busy share of that window, the largest gaps between kernels, the top kernels and the
@@ -360,6 +362,10 @@ def run_toolkit(
     rows = long_rows(args.data, args.tokenizer, sequence, steps * batch + 8)
     write_run_data(run_dir, rows[:-4], rows[-4:])
     config_changes, trainer_changes = split_settings(args.settings)
+    if trainer_changes.pop("liger_rope", False):
+        import lowres_ft.train
+
+        lowres_ft.train.liger_kernel_config = lambda compiled_layers: None
     logging_steps = config_changes.pop("logging_steps", args.logging_steps)
     config = timed_config(
         run_dir,

@@ -183,6 +183,14 @@ def use_compiled_layers(config: RunConfig, choice: BackendChoice) -> bool:
     return config.compile_layers == "auto" and choice.name == "hf"
 
 
+def liger_kernel_config(compiled_layers: bool) -> dict[str, bool] | None:
+    """Which of Liger's kernels to swap in. Inside compiled layers RoPE stays transformers' own,
+    which inductor fuses: Liger 0.8's RoPE goes through its dispatcher, which is
+    `torch.compiler.disable`d, and splits every compiled layer's graph at the attention (12 graph
+    breaks at Llama-3.2-1B on an H200, docs/performance.md)."""
+    return {"rope": False} if compiled_layers else None
+
+
 def choose_optimizer(config: RunConfig, choice: BackendChoice) -> str:
     """LoRA's optimizer states are small (fp32 AdamW: 0.3 GiB for an 8B at r=16), so speed
     decides where memory allows: one fused kernel instead of bitsandbytes' per-tensor launches.
@@ -202,6 +210,8 @@ def choose_optimizer(config: RunConfig, choice: BackendChoice) -> str:
 
 def sft_config(config: RunConfig, choice: BackendChoice, packing: bool) -> Any:
     from trl import SFTConfig
+
+    liger = use_liger(config, choice)
 
     on_gpu = choice.name != "cpu"
     optim = choose_optimizer(config, choice)
@@ -224,7 +234,10 @@ def sft_config(config: RunConfig, choice: BackendChoice, packing: bool) -> Any:
         use_cpu=not on_gpu,
         gradient_checkpointing=config.gradient_checkpointing and choice.name != "unsloth",
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        use_liger_kernel=use_liger(config, choice),
+        use_liger_kernel=liger,
+        liger_kernel_config=liger_kernel_config(use_compiled_layers(config, choice))
+        if liger
+        else None,
         ddp_find_unused_parameters=False,  # one process per GPU: LoRA weights all get gradients
         max_length=config.max_seq_length,
         packing=packing,
@@ -466,11 +479,13 @@ def _measure(setup: TrainingSetup, batch: int, accumulation: int) -> Preflight:
     inputs = _worst_case_batch(setup, batch)
     length = inputs["input_ids"].shape[1]
     on_gpu = setup.hardware.device == "cuda"
+    backend = get_backend(setup.choice)
     trainer.current_gradient_accumulation_steps = accumulation  # set by train(); not there yet
     reset_peak()
     started = time.perf_counter()
     try:
         with _forward_as_in_training(trainer, model):
+            backend.for_training(model)  # as train() sets it; evaluation as evaluate() does
             prepared = trainer._prepare_inputs(inputs)
             if on_gpu:
                 _steps_with_optimizer(trainer, model, prepared)
@@ -481,6 +496,7 @@ def _measure(setup: TrainingSetup, batch: int, accumulation: int) -> Preflight:
             train_peak = torch.cuda.max_memory_allocated() / GIB if on_gpu else 0.0
             model.zero_grad(set_to_none=True)
             reset_peak()
+            model.eval()
             trainer.prediction_step(
                 model, trainer._prepare_inputs(inputs), prediction_loss_only=True
             )
@@ -491,7 +507,7 @@ def _measure(setup: TrainingSetup, batch: int, accumulation: int) -> Preflight:
         train_peak = eval_peak = float("inf")
         step_seconds = float("nan")
     finally:
-        model.train()
+        backend.for_training(model)
     optimizer = _optimizer_bytes(setup) / GIB  # already inside train_peak, shown for reference
     card = setup.hardware.memory_gib
     usable = card * USABLE_SHARE
@@ -556,10 +572,7 @@ def _steps_with_optimizer(trainer: Any, model: Any, inputs: dict[str, Any]) -> N
     """Two real steps, optimizer update included, then the trainable weights are put back and
     the optimizer dropped, so training starts untouched. The peak is the second step's, which
     holds the optimizer's states as every training step does: the first also compiles
-    (Unsloth's layers, the HF backend's compiled layers), which training does not repeat. On
-    Unsloth the peak over both steps was 9.5 GiB against 2.0 in training (Llama-3.2-1B) and
-    21.0 against 7.2 (Llama-3.1-8B); that the first step's compile caused it is not yet
-    measured (docs/performance.md)."""
+    (Unsloth's layers, the HF backend's compiled layers) and creates those states."""
     import torch
 
     saved = {  # on the CPU: a copy on the card would count against the peak it measures

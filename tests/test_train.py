@@ -31,6 +31,7 @@ from lowres_ft.train import (
     choose_optimizer,
     keep_adapters_in_fp32,
     latest_checkpoint,
+    liger_kernel_config,
     preflight,
     read_metrics,
     run_training,
@@ -191,6 +192,23 @@ def test_preflight_on_cpu_times_the_worst_case_step(prepared_run, tmp_path):
     assert result.step_seconds > 0 and "steps planned" in result.advice
 
 
+def test_preflight_steps_in_training_mode_whatever_mode_it_finds(prepared_run, tmp_path):
+    """Unsloth's training step does not call model.train(); the pre-flight sets the mode as
+    train() does (Unsloth: for_training, which arms its gradient checkpointing)."""
+    setup = setup_training(run_copy(prepared_run, tmp_path / "run", batch_size=2))
+    trainer, modes = setup.trainer, []
+    step = trainer.training_step
+
+    def recording_step(model, *args, **kwargs):
+        modes.append(model.training)
+        return step(model, *args, **kwargs)
+
+    trainer.training_step = recording_step
+    setup.model.eval()
+    preflight(setup)
+    assert modes == [True] and setup.model.training
+
+
 def test_nan_guard_stops_without_saving_the_bad_state():
     from transformers import TrainerControl, TrainerState
 
@@ -339,6 +357,12 @@ def test_liger_kernels_are_used_only_on_the_transformers_gpu_backend():
             use_liger(RunConfig(liger="on"), hf)
     else:
         assert use_liger(RunConfig(), hf)
+
+
+def test_liger_rope_is_left_to_inductor_inside_compiled_layers():
+    """Liger 0.8's RoPE runs through a compiler-disabled dispatcher: a graph break per layer."""
+    assert liger_kernel_config(compiled_layers=True) == {"rope": False}
+    assert liger_kernel_config(compiled_layers=False) is None
 
 
 def test_frozen_weights_go_back_to_bf16_after_kbit_preparation(tiny_model):
@@ -519,9 +543,10 @@ def test_compiled_layers_train_as_the_plain_ones_and_go_back_to_eager(tiny_model
     eager, compiled = lora_model(), lora_model()
     assert compile_decoder_layers(compiled) == 2
     ids = torch.randint(0, 1000, (2, 24), generator=torch.manual_seed(1))
-    graphs = counters["stats"]["unique_graphs"]
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     losses = [m(input_ids=ids, labels=ids).loss for m in (eager, compiled)]
     assert counters["stats"]["unique_graphs"] > graphs  # compiled, not fallen back to eager
+    assert sum(counters["graph_break"].values()) == breaks  # each layer one graph
     for loss in losses:
         loss.backward()
     assert torch.allclose(losses[0], losses[1], atol=1e-5)

@@ -144,9 +144,12 @@ def choose_backend(config: RunConfig, hardware: Hardware | None = None) -> Backe
 
 
 class Backend(Protocol):
-    """What the trainer needs from a backend: a model with LoRA attached, and inference mode."""
+    """What the trainer needs from a backend: a model with LoRA attached, training mode as the
+    training loop sets it, and inference mode."""
 
     def load(self, config: RunConfig, choice: BackendChoice, tokenizer: Any) -> Any: ...
+
+    def for_training(self, model: Any) -> Any: ...
 
     def for_inference(self, model: Any) -> Any: ...
 

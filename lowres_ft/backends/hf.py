@@ -58,6 +58,10 @@ class HFBackend:
         )
         return get_peft_model(model, lora)
 
+    def for_training(self, model: Any) -> Any:
+        model.train()
+        return model
+
     def for_inference(self, model: Any) -> Any:
         model.eval()
         return model
