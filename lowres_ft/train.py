@@ -134,7 +134,7 @@ def use_packing(
     It pays where rows are short against max_seq_length: padded steps would then hold few
     tokens. Unsloth keeps joined rows apart at little cost (one attention call per run of
     equal-length rows) and packs unless the rows nearly fill max_seq_length; for rows that do,
-    its padded path ran 58,348 tokens/s against 44,257 packed (Llama-3.2-1B, 4 x 2,048, H200,
+    its padded path ran 58,348 tokens/s against 44,257 packed (Llama-3.2-1B, 4 x 2,048, one H200,
     docs/performance.md). On the HF backend transformers' SDPA keeps the rows apart with a block
     mask built from the positions, which costs attention work; it packs when rows average under
     half of max_seq_length, where packing doubled the useful tokens/s on real Bengali lengths.
