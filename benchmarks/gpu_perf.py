@@ -23,7 +23,9 @@ With `--profile N`, N more steps after the measured ones run under torch.profile
 the GPU's busy share of that window, the largest gaps between kernels, the top kernels and the
 host-device syncs, and `--profile-dir` receives the Chrome trace (gzip) for a closer look.
 
-Each case runs in its own process (importing Unsloth patches transformers for the process).
+Each case runs in its own process (importing Unsloth patches transformers for the process);
+output lines that change what a case measured (Unsloth's layers falling back to uncompiled ones)
+go into its JSON as `caveats` and are flagged in the table.
 Warm-up steps are left out; the step time is the median of the measured steps. MFU counts the
 model's FLOPs (4 x matmul weights per token, since frozen weights get no weight gradients, plus
 causal attention; recomputation not counted) against a measured bf16 matmul ceiling.
@@ -573,6 +575,18 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+# Lines in a case's output that change what it measured: Unsloth falls back to uncompiled decoder
+# layers after `block compile failed (RuntimeError: dictionary changed size during iteration)`,
+# which happened in 4 of 12 Unsloth processes at 49d1c45 (docs/performance.md).
+CAVEATS = ("compile failed",)
+
+
+def caveats(output: str) -> list[str]:
+    """The caveat lines of a case's output, each once."""
+    found = {line.strip()[:200] for line in output.splitlines() if any(c in line for c in CAVEATS)}
+    return sorted(found)
+
+
 def child(args: argparse.Namespace, *extra: str, timeout: int) -> tuple[dict | None, str]:
     command = [sys.executable, __file__, "--tokenizer", args.tokenizer, "--data", args.data]
     command += ["--work", args.work, "--warmup", str(args.warmup), "--steps", str(args.steps)]
@@ -586,7 +600,11 @@ def child(args: argparse.Namespace, *extra: str, timeout: int) -> tuple[dict | N
         return None, f"timed out after {timeout} s: {str(error.stderr or '')[-2000:]}"
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if lines:
-        return json.loads(lines[-1][7:]), ""
+        result = json.loads(lines[-1][7:])
+        noted = caveats(done.stdout + "\n" + done.stderr)
+        if noted:
+            result["caveats"] = noted
+        return result, ""
     return None, (done.stderr or done.stdout)[-4000:]
 
 
@@ -609,7 +627,8 @@ def print_table(results: list[dict], ceiling: float) -> None:
             f"{r['step_seconds']:>8.3f}{r['peak_allocated_gib']:>10.2f}"
             f"{r['peak_reserved_gib']:>9.2f}{(r['mfu'] or 0) * 100:>6.1f}%"
             + (f"{predicted:>9.2f}" if predicted else f"{'':>9}")
-            + (f"{busy:>9.0%}" if busy is not None else "")
+            + (f"{busy:>9.0%}" if busy is not None else f"{'':>9}")
+            + ("  ! " + r["caveats"][0][:60] if r.get("caveats") else "")
         )
 
 
