@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpu_perf import (  # noqa: E402
     RESULTS,
     build_in_subprocess,
+    caveats,
     long_rows,
     versions,
     write_run_data,
@@ -65,7 +66,9 @@ def train_run(args: argparse.Namespace, gpus: int, backend: str) -> dict[str, An
         return {"gpus": gpus, "backend": backend, "error": (done.stderr or done.stdout)[-4000:]}
     measured = logs[args.warmup :]
     step = statistics.median(m["step_seconds"] for m in measured)
+    noted = caveats(done.stdout + "\n" + done.stderr)
     return {
+        **({"caveats": noted} if noted else {}),
         "gpus": gpus,
         "backend": backend,
         "accumulation_per_gpu": accumulation,

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpu_perf import (  # noqa: E402
     RESULTS,
     build_in_subprocess,
+    caveats,
     file_name,
     load_plain_hf,
     parse_path,
@@ -197,6 +198,8 @@ def main() -> None:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
             lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
             entry = json.loads(lines[-1][7:]) if lines else {"path": path, "error": done.stderr}
+            if lines and caveats(done.stdout + "\n" + done.stderr):
+                entry["caveats"] = caveats(done.stdout + "\n" + done.stderr)
         except subprocess.TimeoutExpired:
             entry = {"path": path, "error": f"timed out after {args.timeout} s"}
         entry["case_seconds"] = round(time.perf_counter() - started, 1)
