@@ -66,7 +66,7 @@ def train_run(args: argparse.Namespace, gpus: int, backend: str) -> dict[str, An
         return {"gpus": gpus, "backend": backend, "error": (done.stderr or done.stdout)[-4000:]}
     measured = logs[args.warmup :]
     step = statistics.median(m["step_seconds"] for m in measured)
-    noted = caveats(done.stdout + "\n" + done.stderr)
+    noted = caveats(done)
     return {
         **({"caveats": noted} if noted else {}),
         "gpus": gpus,

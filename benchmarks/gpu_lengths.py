@@ -198,8 +198,9 @@ def main() -> None:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
             lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
             entry = json.loads(lines[-1][7:]) if lines else {"path": path, "error": done.stderr}
-            if lines and caveats(done.stdout + "\n" + done.stderr):
-                entry["caveats"] = caveats(done.stdout + "\n" + done.stderr)
+            noted = caveats(done) if lines else []
+            if noted:
+                entry["caveats"] = noted
         except subprocess.TimeoutExpired:
             entry = {"path": path, "error": f"timed out after {args.timeout} s"}
         entry["case_seconds"] = round(time.perf_counter() - started, 1)

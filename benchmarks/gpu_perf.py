@@ -581,10 +581,10 @@ def versions() -> dict[str, str | None]:
 CAVEATS = ("compile failed",)
 
 
-def caveats(output: str) -> list[str]:
-    """The caveat lines of a case's output, each once."""
-    found = {line.strip()[:200] for line in output.splitlines() if any(c in line for c in CAVEATS)}
-    return sorted(found)
+def caveats(done: subprocess.CompletedProcess) -> list[str]:
+    """The caveat lines of a finished case's output (stdout and stderr), each once."""
+    lines = f"{done.stdout}\n{done.stderr}".splitlines()
+    return sorted({line.strip()[:200] for line in lines if any(c in line for c in CAVEATS)})
 
 
 def child(args: argparse.Namespace, *extra: str, timeout: int) -> tuple[dict | None, str]:
@@ -601,7 +601,7 @@ def child(args: argparse.Namespace, *extra: str, timeout: int) -> tuple[dict | N
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if lines:
         result = json.loads(lines[-1][7:])
-        noted = caveats(done.stdout + "\n" + done.stderr)
+        noted = caveats(done)
         if noted:
             result["caveats"] = noted
         return result, ""
