@@ -23,6 +23,10 @@ With `--profile N`, N more steps after the measured ones run under torch.profile
 the GPU's busy share of that window, the largest gaps between kernels, the top kernels and the
 host-device syncs, and `--profile-dir` receives the Chrome trace (gzip) for a closer look.
 
+`--repeats N` runs the paths in turn N times on the one machine and adds a summary: each path's
+median tokens/s and range, and its ratio to the Unsloth loop's median and to the loop run beside
+it in each repeat (host-bound paths moved by up to 19% between two runs of one machine).
+
 Each case runs in its own process (importing Unsloth patches transformers for the process);
 output lines that change what a case measured (Unsloth's layers falling back to uncompiled ones)
 go into its JSON as `caveats` and are flagged in the table.
@@ -151,6 +155,52 @@ def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 
 
 # --- profiling --------------------------------------------------------------------------------
+
+
+class GcPauses:
+    """Python's garbage collections while the measured steps run: a host-bound step waits for
+    each one, and a full (generation 2) collection walks every object the process holds, which
+    is many more in the toolkit's process (datasets, trainer, TRL) than in a bare loop's."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.started = 0.0
+        self.pauses: list[tuple[int, float]] = []
+
+    def __enter__(self) -> GcPauses:
+        import gc
+
+        gc.callbacks.append(self._record)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import gc
+
+        gc.callbacks.remove(self._record)
+
+    def _record(self, phase: str, info: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        if phase == "start":
+            self.started = time.perf_counter()
+        elif self.started:
+            self.pauses.append((info["generation"], time.perf_counter() - self.started))
+            self.started = 0.0
+
+    def summary(self, steps: int) -> dict[str, Any]:
+        import gc
+
+        by_generation: dict[str, list[float]] = {}
+        for generation, seconds in self.pauses:
+            by_generation.setdefault(f"gen{generation}", []).append(seconds)
+        return {
+            "gc_seconds_per_step": round(sum(s for _, s in self.pauses) / max(steps, 1), 5),
+            "gc_collections": {
+                name: {"count": len(t), "seconds": round(sum(t), 4), "max": round(max(t), 4)}
+                for name, t in sorted(by_generation.items())
+            },
+            "gc_tracked_objects": len(gc.get_objects()),
+        }
 
 
 class StepProfiler:
@@ -339,6 +389,21 @@ def profiler_callback(args: argparse.Namespace, first_step: int) -> Any:
     return ProfileWindow(), profiler
 
 
+def gc_window(pauses: GcPauses, first_step: int, last_step: int) -> Any:
+    """A trainer callback that records garbage collections in steps first_step+1..last_step,
+    the measured ones, from each step's start to its end and the log after it."""
+    from transformers import TrainerCallback
+
+    class GcWindow(TrainerCallback):
+        def on_step_begin(self, train_args, state, control, **kwargs):
+            pauses.active = first_step <= state.global_step < last_step
+
+        def on_train_end(self, train_args, state, control, **kwargs):
+            pauses.active = False
+
+    return GcWindow()
+
+
 def file_name(text: str) -> str:
     """`text` as a file name: letters, digits, '.', '_' and '-'."""
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
@@ -385,8 +450,11 @@ def run_toolkit(
     if args.profile:
         window, profiler = profiler_callback(args, timed)
         setup.trainer.add_callback(window)
+    pauses = GcPauses()
+    setup.trainer.add_callback(gc_window(pauses, args.warmup, timed))
     check = preflight(setup)
-    run_training(setup, check)
+    with pauses:
+        run_training(setup, check)
     metrics = [
         m
         for m in read_metrics(run_dir)
@@ -416,6 +484,7 @@ def run_toolkit(
         "lora_dropout": config.lora_dropout,
         "gradient_checkpointing": config.gradient_checkpointing,
         "settings": args.settings,
+        **pauses.summary(args.steps),
         **({"profile": profiler.summary} if profiler else {}),
     }
 
@@ -502,11 +571,14 @@ def run_loop(args: argparse.Namespace, loader: Any) -> dict[str, Any]:
     vocab = model.config.vocab_size
     torch.cuda.reset_peak_memory_stats()
     step_seconds, losses = [], []
-    for _ in range(args.warmup + args.steps):
-        ids = torch.randint(0, min(vocab, 49152), (batch, sequence), device="cuda")
-        seconds, loss = timed_step(model, optimizer, input_ids=ids, labels=ids)
-        step_seconds.append(seconds)
-        losses.append(round(loss.item(), 4))
+    with GcPauses() as pauses:
+        for step in range(args.warmup + args.steps):
+            pauses.active = step >= args.warmup
+            ids = torch.randint(0, min(vocab, 49152), (batch, sequence), device="cuda")
+            seconds, loss = timed_step(model, optimizer, input_ids=ids, labels=ids)
+            step_seconds.append(seconds)
+            losses.append(round(loss.item(), 4))
+        pauses.active = False
     profile = {}
     if args.profile:
         profiler = StepProfiler(args.profile_dir, case_name(args))
@@ -520,6 +592,7 @@ def run_loop(args: argparse.Namespace, loader: Any) -> dict[str, Any]:
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
         "losses": losses,
+        **pauses.summary(args.steps),
         **profile,
     }
 
@@ -632,6 +705,53 @@ def print_table(results: list[dict], ceiling: float) -> None:
         )
 
 
+def repeat_summary(results: list[dict]) -> list[dict[str, Any]]:
+    """Per shape and path over the repeats: median tokens/s, its range, and each path's median
+    against the Unsloth loop's median and, repeat by repeat, against the loop run beside it.
+    Host-bound paths move by up to 19% between runs on one machine, so one pair says little."""
+    rows: list[dict[str, Any]] = []
+    shapes = dict.fromkeys(r["shape"] for r in results)
+    for shape in shapes:
+        done = [r for r in results if r["shape"] == shape and "error" not in r]
+        by_path: dict[str, dict[int, float]] = {}
+        for r in done:
+            by_path.setdefault(r["path"], {})[r.get("repeat", 0)] = r["tokens_per_second"]
+        loop = by_path.get("unsloth-loop", {})
+        for path, runs in by_path.items():
+            values = list(runs.values())
+            row: dict[str, Any] = {
+                "shape": shape,
+                "path": path,
+                "runs": len(values),
+                "median_tokens_per_second": round(statistics.median(values), 1),
+                "min_tokens_per_second": min(values),
+                "max_tokens_per_second": max(values),
+            }
+            if loop and path != "unsloth-loop":
+                row["median_vs_loop_median"] = round(
+                    row["median_tokens_per_second"] / statistics.median(loop.values()), 3
+                )
+                row["vs_loop_per_repeat"] = [
+                    round(runs[i] / loop[i], 3) for i in sorted(runs) if i in loop
+                ]
+            rows.append(row)
+    return rows
+
+
+def print_repeat_summary(rows: list[dict[str, Any]]) -> None:
+    print(f"{'shape':<14}{'path':<24}{'runs':>5}{'median tok/s':>13}{'range':>18}  vs loop")
+    for row in rows:
+        spread = f"{row['min_tokens_per_second']:.0f}-{row['max_tokens_per_second']:.0f}"
+        against = ""
+        if "median_vs_loop_median" in row:
+            pairs = ", ".join(f"{x:.3f}" for x in row["vs_loop_per_repeat"])
+            against = f"{row['median_vs_loop_median']:.3f} x (per repeat: {pairs})"
+        print(
+            f"{row['shape']:<14}{row['path']:<24}{row['runs']:>5}"
+            f"{row['median_tokens_per_second']:>13.0f}{spread:>18}  {against}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", required=True, help="a saved tokenizer folder")
@@ -652,6 +772,12 @@ def main() -> None:
     parser.add_argument("--profile-dir", help="where the Chrome traces (gzip) go")
     parser.add_argument("--work", default="/tmp/lowres_gpu_perf")
     parser.add_argument("--timeout", type=int, default=420, help="seconds per case")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the paths in turn this many times on the machine (loop, toolkit, loop, ...)",
+    )
     parser.add_argument("--output", default=str(RESULTS / "gpu_perf.json"))
     parser.add_argument("--ceiling", type=float, default=0.0)
     parser.add_argument("--build", metavar="SHAPE")
@@ -687,22 +813,28 @@ def main() -> None:
             print(built.stderr[-3000:])
             continue
         print(f"{shape}: model ready in {time.perf_counter() - started:.0f} s", flush=True)
-        for path in args.paths.split(","):
-            started = time.perf_counter()
-            result, error = child(args, "--one", shape, path, timeout=args.timeout)
-            seconds = round(time.perf_counter() - started, 1)
-            entry = result or {"shape": shape, "path": path, "error": error}
-            entry["case_seconds"] = seconds
-            report["results"].append(entry)
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(report, indent=2) + "\n")
-            status = f"{entry['tokens_per_second']:.0f} tok/s" if result else "ERROR"
-            print(f"{shape} {path}: {status} ({seconds} s)", flush=True)
-            if not result:
-                print(error[-1500:], flush=True)
+        for repeat in range(args.repeats):
+            for path in args.paths.split(","):
+                started = time.perf_counter()
+                result, error = child(args, "--one", shape, path, timeout=args.timeout)
+                seconds = round(time.perf_counter() - started, 1)
+                entry = result or {"shape": shape, "path": path, "error": error}
+                entry["case_seconds"] = seconds
+                entry["repeat"] = repeat
+                report["results"].append(entry)
+                if args.repeats > 1:
+                    report["repeat_summary"] = repeat_summary(report["results"])
+                output.parent.mkdir(parents=True, exist_ok=True)
+                output.write_text(json.dumps(report, indent=2) + "\n")
+                status = f"{entry['tokens_per_second']:.0f} tok/s" if result else "ERROR"
+                print(f"{shape} {path} #{repeat}: {status} ({seconds} s)", flush=True)
+                if not result:
+                    print(error[-1500:], flush=True)
         if shape == "llama-3.1-8b" and not args.keep_models:  # 16 GB of disk
             shutil.rmtree(Path(args.work) / "models" / shape, ignore_errors=True)
     print_table(report["results"], args.ceiling)
+    if args.repeats > 1:
+        print_repeat_summary(report["repeat_summary"])
     print(f"wrote {output}")
 
 
