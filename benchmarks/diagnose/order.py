@@ -1,0 +1,142 @@
+"""One process, one model: is the toolkit's process slower than the loop's because of the model
+it loads or because of what the trainer does to the process? Steps, each timed on the same model:
+  T0  bare loop steps on the model as the loop loads it (gpu_perf.load_unsloth), or as the
+      toolkit's backend loads it (LOADER=toolkit)
+  T1  the same bare steps after the toolkit's SyncFreeSFTTrainer is built around the model
+  T2  trainer.train(), as run_training calls it (no pre-flight), log intervals
+  T3  the bare steps again after train()
+Usage: order.py SHAPE  (env LOADER=loop|toolkit)"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import unsloth  # noqa: F401  (first)
+
+sys.path[:0] = ["benchmarks", "."]
+import gpu_perf as g  # noqa: E402
+import torch  # noqa: E402
+
+shape = sys.argv[1]
+loader = os.environ.get("LOADER", "loop")
+work = Path("/tmp/lowres_gpu_perf")
+sequence, batch = g.SHAPE_BATCHES[shape]
+model_dir = work / "models" / shape
+run_dir = work / "runs" / f"order_{loader}"
+steps = 16
+rows = g.long_rows(".gpu/data", ".gpu/tokenizer", sequence, steps * batch + 8)
+g.write_run_data(run_dir, rows[:-4], rows[-4:])
+config = g.timed_config(
+    run_dir, model_dir, sequence, batch, steps, 4, backend="auto", liger="auto", optim="auto"
+)
+
+from lowres_ft.backends import choose_backend, detect_hardware, get_backend  # noqa: E402
+from lowres_ft.models import load_tokenizer  # noqa: E402
+from lowres_ft.runs import start_run  # noqa: E402
+from lowres_ft.train import (  # noqa: E402
+    build_datasets,
+    fit_rows_to_length,
+    sft_config,
+)
+
+start_run(config)
+hardware = detect_hardware()
+choice = choose_backend(config, hardware)
+tokenizer = load_tokenizer(config.model_name, config.trust_remote_code)
+if loader == "toolkit":
+    model = get_backend(choice).load(config, choice, tokenizer)
+else:
+    model = g.load_unsloth(model_dir, sequence)
+model.train()
+trainable = [p for p in model.parameters() if p.requires_grad]
+optimizer = torch.optim.AdamW(trainable, lr=2e-4)
+vocab = min(model.config.vocab_size, 49152)
+results = {}
+
+
+def state(tag):
+    """What the trainer may have changed on the model between two timings."""
+    hooks = [
+        (
+            n,
+            [
+                getattr(h, "__qualname__", str(h))
+                for h in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+            ],
+        )
+        for n, m in model.named_modules()
+        if m._forward_hooks or m._forward_pre_hooks
+    ]
+    modes = sorted(
+        {
+            str(layer.__dict__.get("_unsloth_block_mode"))
+            for layer in model.get_base_model().model.layers
+        }
+    )
+    print(
+        tag,
+        {
+            "adapter_dtypes": sorted({str(p.dtype) for p in trainable}),
+            "hooks": hooks,
+            "own_forward": "forward" in vars(model),
+            "block_modes": modes,
+            "training": model.training,
+            "grad_enabled": torch.is_grad_enabled(),
+            "threads": torch.get_num_threads(),
+            "tf32": torch.backends.cuda.matmul.allow_tf32,
+            "gc_frozen": __import__("gc").get_freeze_count(),
+        },
+        flush=True,
+    )
+
+
+def bare(name, n=12, warm=4):
+    state(name)
+    times = []
+    for _step in range(warm + n):
+        ids = torch.randint(0, vocab, (batch, sequence), device="cuda")
+        seconds, _ = g.timed_step(model, optimizer, input_ids=ids, labels=ids)
+        times.append(seconds)
+    median = sorted(times[warm:])[n // 2]
+    results[name] = round(median, 4)
+    print(
+        f"{name}: median {median:.4f} s/step ({sequence * batch / median:,.0f} tok/s)", flush=True
+    )
+
+
+bare("T0 bare, fresh model")
+train_dataset, eval_dataset = build_datasets(config, tokenizer)
+train_dataset = fit_rows_to_length(config, train_dataset, "training")
+eval_dataset = fit_rows_to_length(config, eval_dataset, "validation")  # evaluated at the start
+from lowres_ft.sft import SyncFreeSFTTrainer  # noqa: E402
+
+trainer = SyncFreeSFTTrainer(
+    model=model,
+    args=sft_config(config, choice, False),
+    train_dataset=train_dataset,
+    eval_dataset=eval_dataset,
+    processing_class=tokenizer,
+)
+from transformers import TrainerCallback  # noqa: E402
+
+ends = []
+
+
+class StepClock(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        ends.append(time.perf_counter())
+
+
+trainer.add_callback(StepClock())
+bare("T1 bare, trainer built")
+started = time.perf_counter()
+trainer.train()
+print(f"T2 train() {time.perf_counter() - started:.1f} s")
+get_backend(choice).for_training(model)
+model.train()
+bare("T3 bare, after train()")
+steps_seconds = [round(b - a, 4) for a, b in zip(ends, ends[1:], strict=False)]
+measured = sorted(steps_seconds[3:])  # steps 5 on
+results["T2 train() median step"] = measured[len(measured) // 2]
+print("ORDER", {"loader": loader, **results, "train_steps": steps_seconds})
