@@ -372,6 +372,26 @@ def timed_config(
     )
 
 
+def timed_run(
+    run_dir: Path,
+    model_dir: Path,
+    data_dir: str,
+    tokenizer_dir: str,
+    shape: str,
+    steps: int,
+    logging_steps: int = 1,
+    row_steps: int | None = None,
+    **changes: Any,
+) -> Any:
+    """A fresh run folder holding full-length real rows for `row_steps` (default: `steps`)
+    steps and 4 for validation, and its timed_config."""
+    sequence, batch = SHAPE_BATCHES[shape]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    rows = long_rows(data_dir, tokenizer_dir, sequence, (row_steps or steps) * batch + 8)
+    write_run_data(run_dir, rows[:-4], rows[-4:])
+    return timed_config(run_dir, model_dir, sequence, batch, steps, logging_steps, **changes)
+
+
 def profiler_callback(args: argparse.Namespace, first_step: int) -> Any:
     """A trainer callback that profiles args.profile steps from `first_step` on."""
     from transformers import TrainerCallback
@@ -426,20 +446,18 @@ def run_toolkit(
     steps = timed + args.profile
     model_dir = Path(args.work) / "models" / args.shape
     run_dir = Path(args.work) / "runs" / case_name(args)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    rows = long_rows(args.data, args.tokenizer, sequence, steps * batch + 8)
-    write_run_data(run_dir, rows[:-4], rows[-4:])
     config_changes, trainer_changes = split_settings(args.settings)
     if trainer_changes.pop("liger_rope", False):
         import lowres_ft.train
 
         lowres_ft.train.liger_kernel_config = lambda compiled_layers: None
     logging_steps = config_changes.pop("logging_steps", args.logging_steps)
-    config = timed_config(
+    config = timed_run(
         run_dir,
         model_dir,
-        sequence,
-        batch,
+        args.data,
+        args.tokenizer,
+        args.shape,
         steps,
         logging_steps,
         **{"backend": backend, "liger": liger, "optim": optim, **config_changes},

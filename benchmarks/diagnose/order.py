@@ -25,10 +25,17 @@ sequence, batch = g.SHAPE_BATCHES[shape]
 model_dir = work / "models" / shape
 run_dir = work / "runs" / f"order_{loader}"
 steps = 16
-rows = g.long_rows(".gpu/data", ".gpu/tokenizer", sequence, steps * batch + 8)
-g.write_run_data(run_dir, rows[:-4], rows[-4:])
-config = g.timed_config(
-    run_dir, model_dir, sequence, batch, steps, 4, backend="auto", liger="auto", optim="auto"
+config = g.timed_run(
+    run_dir,
+    model_dir,
+    ".gpu/data",
+    ".gpu/tokenizer",
+    shape,
+    steps,
+    4,
+    backend="auto",
+    liger="auto",
+    optim="auto",
 )
 
 from lowres_ft.backends import choose_backend, detect_hardware, get_backend  # noqa: E402

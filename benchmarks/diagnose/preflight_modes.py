@@ -19,13 +19,12 @@ work = Path("/tmp/lowres_gpu_perf")
 sequence, batch = g.SHAPE_BATCHES[shape]
 run_dir = work / "runs" / f"pf_{mode}"
 steps = 16
-rows = g.long_rows(".gpu/data", ".gpu/tokenizer", sequence, steps * batch + 8)
-g.write_run_data(run_dir, rows[:-4], rows[-4:])
-config = g.timed_config(
+config = g.timed_run(
     run_dir,
     work / "models" / shape,
-    sequence,
-    batch,
+    ".gpu/data",
+    ".gpu/tokenizer",
+    shape,
     steps,
     4,
     backend="auto",

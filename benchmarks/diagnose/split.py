@@ -22,15 +22,15 @@ shape = sys.argv[1]
 work = Path("/tmp/lowres_gpu_perf")
 sequence, batch = g.SHAPE_BATCHES[shape]
 run_dir = work / "runs" / "split"
-rows = g.long_rows(".gpu/data", ".gpu/tokenizer", sequence, 40 * batch + 8)
-g.write_run_data(run_dir, rows[:-4], rows[-4:])
-config = g.timed_config(
+config = g.timed_run(
     run_dir,
     work / "models" / shape,
-    sequence,
-    batch,
+    ".gpu/data",
+    ".gpu/tokenizer",
+    shape,
     12,
     4,
+    row_steps=40,
     backend="auto",
     liger="auto",
     optim="auto",
