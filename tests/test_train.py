@@ -554,3 +554,21 @@ def test_compiled_layers_train_as_the_plain_ones_and_go_back_to_eager(tiny_model
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads, strict=True))
     uncompile_decoder_layers(compiled)
     assert all(getattr(m, "_compiled_call_impl", None) is None for m in compiled.modules())
+
+
+def test_unsloth_qat_lookup_is_settled_only_while_torchao_qat_is_not_loaded(monkeypatch):
+    # The lookup Unsloth's compiled blocks trace on every call (a walk of sys.modules that fails
+    # their compile when another thread imports); its module is stood in for: no Unsloth here.
+    from types import ModuleType
+
+    from lowres_ft.backends.unsloth import QAT_MODULE, settle_fake_quant_lookup
+
+    fast_lora = ModuleType("unsloth.kernels.fast_lora")
+    fast_lora._FORWARD_FAKE_QUANT_LINEARS = None
+    monkeypatch.setitem(sys.modules, QAT_MODULE, ModuleType(QAT_MODULE))
+    assert not settle_fake_quant_lookup(fast_lora)  # QAT loaded: Unsloth's own lookup stays
+    assert fast_lora._FORWARD_FAKE_QUANT_LINEARS is None
+    monkeypatch.delitem(sys.modules, QAT_MODULE)
+    assert settle_fake_quant_lookup(fast_lora)
+    assert fast_lora._FORWARD_FAKE_QUANT_LINEARS == ()
+    assert not settle_fake_quant_lookup(fast_lora)  # settled once

@@ -5,7 +5,8 @@ it loads or because of what the trainer does to the process? Steps, each timed o
   T1  the same bare steps after the toolkit's SyncFreeSFTTrainer is built around the model
   T2  trainer.train(), as run_training calls it (no pre-flight), log intervals
   T3  the bare steps again after train()
-Usage: order.py SHAPE  (env LOADER=loop|toolkit)"""
+Usage: order.py SHAPE  (env LOADER=loop|toolkit). Under `py-spy record --idle` the host's time
+splits by stage: T0 under bare, T2 under train, T3 under bare_after_train."""
 
 import os
 import sys
@@ -93,6 +94,22 @@ def state(tag):
             "threads": torch.get_num_threads(),
             "tf32": torch.backends.cuda.matmul.allow_tf32,
             "gc_frozen": __import__("gc").get_freeze_count(),
+            "profile_trace": (sys.getprofile() is not None, sys.gettrace() is not None),
+            "anomaly": torch.is_anomaly_enabled(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "function_modes": torch._C._len_torch_function_stack(),
+            "global_hooks": [
+                len(getattr(torch.nn.modules.module, name))
+                for name in (
+                    "_global_forward_pre_hooks",
+                    "_global_forward_hooks",
+                    "_global_backward_hooks",
+                    "_global_backward_pre_hooks",
+                )
+            ],
+            "threads_alive": sorted(t.name for t in __import__("threading").enumerate()),
+            "saved_tensor_hooks": torch._C._autograd._top_saved_tensors_default_hooks(False)
+            is not None,
         },
         flush=True,
     )
@@ -112,7 +129,32 @@ def bare(name, n=12, warm=4):
     )
 
 
+def phases(name, n=8, warm=2):
+    """Forward, backward and optimizer step each timed between syncs: which one slows down."""
+    rows = []
+    for _step in range(warm + n):
+        ids = torch.randint(0, vocab, (batch, sequence), device="cuda")
+        torch.cuda.synchronize()
+        marks = [time.perf_counter()]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+        loss.backward()
+        torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+        rows.append([b - a for a, b in zip(marks, marks[1:], strict=False)])
+    medians = [round(sorted(column)[n // 2], 4) for column in zip(*rows[warm:], strict=False)]
+    results[name] = dict(zip(("forward", "backward", "optimizer"), medians, strict=False))
+    print(name, results[name], flush=True)
+
+
 bare("T0 bare, fresh model")
+phases("T0 phases")
 train_dataset, eval_dataset = build_datasets(config, tokenizer)
 train_dataset = fit_rows_to_length(config, train_dataset, "training")
 eval_dataset = fit_rows_to_length(config, eval_dataset, "validation")  # evaluated at the start
@@ -136,13 +178,23 @@ class StepClock(TrainerCallback):
 
 
 trainer.add_callback(StepClock())
+get_backend(choice).for_training(model)  # the trainer's init leaves the model in eval mode
+model.train()
 bare("T1 bare, trainer built")
 started = time.perf_counter()
 trainer.train()
 print(f"T2 train() {time.perf_counter() - started:.1f} s")
 get_backend(choice).for_training(model)
 model.train()
-bare("T3 bare, after train()")
+
+
+def bare_after_train(name):
+    """A second name, so a sampling profiler tells these steps from T0's."""
+    bare(name)
+
+
+bare_after_train("T3 bare, after train()")
+phases("T3 phases")
 steps_seconds = [round(b - a, 4) for a, b in zip(ends, ends[1:], strict=False)]
 measured = sorted(steps_seconds[3:])  # steps 5 on
 results["T2 train() median step"] = measured[len(measured) // 2]

@@ -6,6 +6,8 @@ ours, not Unsloth's, so the stop-token contract is the same on every backend.
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
 from typing import Any
 
 from lowres_ft.backends import LLAMA_LINEAR, BackendChoice, target_modules, torch_dtype
@@ -16,6 +18,9 @@ from lowres_ft.models import resolve_model
 class UnslothBackend:
     def load(self, config: RunConfig, choice: BackendChoice, tokenizer: Any) -> Any:
         from unsloth import FastLanguageModel
+        from unsloth.kernels import fast_lora
+
+        settle_fake_quant_lookup(fast_lora)
 
         model, _ = FastLanguageModel.from_pretrained(
             model_name=resolve_model(config.model_name),
@@ -51,3 +56,23 @@ class UnslothBackend:
         from unsloth import FastLanguageModel
 
         return FastLanguageModel.for_inference(model)
+
+
+QAT_MODULE = "torchao.prototype.qat"
+
+
+def settle_fake_quant_lookup(fast_lora: ModuleType) -> bool:
+    """Unsloth's fused LoRA asks, on every call inside its compiled decoder block, whether
+    torchao's QAT linears are loaded, by reading `sys.modules`; it caches the answer only when
+    they are. Tracing that read makes dynamo walk all of `sys.modules`, and an import on another
+    thread during the walk fails the block's compile ("dictionary changed size during
+    iteration"): in the toolkit's process the layers then ran uncompiled (5 of 9 runs at 1B,
+    docs/performance.md). This toolkit does no QAT, so without torchao's QAT loaded the answer
+    is settled once: none. True if it was settled here."""
+    if (
+        QAT_MODULE in sys.modules
+        or getattr(fast_lora, "_FORWARD_FAKE_QUANT_LINEARS", ()) is not None
+    ):
+        return False
+    fast_lora._FORWARD_FAKE_QUANT_LINEARS = ()
+    return True
