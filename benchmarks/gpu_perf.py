@@ -724,6 +724,31 @@ def print_table(results: list[dict], ceiling: float) -> None:
         )
 
 
+def current_commit() -> str | None:
+    """The checked-out commit, "+changes" when the tree differs from it: a result names its code."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return None
+    return (commit + ("+changes" if changed else "")) or None
+
+
+def repeat_order(paths: list[str], repeat: int) -> list[str]:
+    """The paths of one repeat: every other repeat reversed. A machine's host speed drifts
+    within a call (the loop ran 54,224 then 40,785 tokens/s, a repeat apart), and a path that
+    always ran first would keep the faster minutes."""
+    return paths if repeat % 2 == 0 else paths[::-1]
+
+
 def repeat_summary(results: list[dict]) -> list[dict[str, Any]]:
     """Per shape and path over the repeats: median tokens/s, its range, and each path's median
     against the Unsloth loop's median and, repeat by repeat, against the loop run beside it.
@@ -795,7 +820,8 @@ def main() -> None:
         "--repeats",
         type=int,
         default=1,
-        help="run the paths in turn this many times on the machine (loop, toolkit, loop, ...)",
+        help="run the paths in turn this many times on the machine, every other repeat in the "
+        "reverse order (loop, toolkit, toolkit, loop, ...)",
     )
     parser.add_argument("--output", default=str(RESULTS / "gpu_perf.json"))
     parser.add_argument("--ceiling", type=float, default=0.0)
@@ -819,6 +845,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(0),
         "bf16_matmul_ceiling_tflops": round(args.ceiling, 1),
         "versions": versions(),
+        "commit": current_commit(),
         "warmup_steps": args.warmup,
         "measured_steps": args.steps,
         "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "targets": "all linear"},
@@ -833,7 +860,7 @@ def main() -> None:
             continue
         print(f"{shape}: model ready in {time.perf_counter() - started:.0f} s", flush=True)
         for repeat in range(args.repeats):
-            for path in args.paths.split(","):
+            for path in repeat_order(args.paths.split(","), repeat):
                 started = time.perf_counter()
                 result, error = child(args, "--one", shape, path, timeout=args.timeout)
                 seconds = round(time.perf_counter() - started, 1)
