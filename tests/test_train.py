@@ -558,7 +558,7 @@ def test_compiled_layers_train_as_the_plain_ones_and_go_back_to_eager(tiny_model
 
 def test_unsloth_qat_lookup_is_settled_only_while_torchao_qat_is_not_loaded(monkeypatch):
     # The lookup Unsloth's compiled blocks trace on every call (a walk of sys.modules that fails
-    # their compile when another thread imports); its module is stood in for: no Unsloth here.
+    # their compile when the dict changes meanwhile); its module is stood in for: no Unsloth here.
     from types import ModuleType
 
     from lowres_ft.backends.unsloth import QAT_MODULE, settle_fake_quant_lookup

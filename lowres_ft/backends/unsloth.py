@@ -64,9 +64,9 @@ QAT_MODULE = "torchao.prototype.qat"
 def settle_fake_quant_lookup(fast_lora: ModuleType) -> bool:
     """Unsloth's fused LoRA asks, on every call inside its compiled decoder block, whether
     torchao's QAT linears are loaded, by reading `sys.modules`; it caches the answer only when
-    they are. Tracing that read makes dynamo walk all of `sys.modules`, and an import on another
-    thread during the walk fails the block's compile ("dictionary changed size during
-    iteration"): in the toolkit's process the layers then ran uncompiled (5 of 9 runs at 1B,
+    they are. Tracing that read makes dynamo walk all of `sys.modules`, and when the dict changes
+    during the walk the block's compile fails ("dictionary changed size during iteration"): in
+    the toolkit's process the layers then ran uncompiled (5 of 9 runs at 1B,
     docs/performance.md). This toolkit does no QAT, so without torchao's QAT loaded the answer
     is settled once: none. True if it was settled here."""
     if (
