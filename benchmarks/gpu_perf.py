@@ -23,9 +23,10 @@ With `--profile N`, N more steps after the measured ones run under torch.profile
 the GPU's busy share of that window, the largest gaps between kernels, the top kernels and the
 host-device syncs, and `--profile-dir` receives the Chrome trace (gzip) for a closer look.
 
-`--repeats N` runs the paths in turn N times on the one machine and adds a summary: each path's
-median tokens/s and range, and its ratio to the Unsloth loop's median and to the loop run beside
-it in each repeat (host-bound paths moved by up to 19% between two runs of one machine).
+`--repeats N` runs the paths in turn N times on the one machine (every other repeat in reverse
+order) and adds a summary: each path's median tokens/s and range, and its ratio to the Unsloth
+loop's median and to the loop run beside it in each repeat (host-bound paths moved by up to 19%
+between two runs of one machine).
 
 Each case runs in its own process (importing Unsloth patches transformers for the process);
 output lines that change what a case measured (Unsloth's layers falling back to uncompiled ones)
@@ -392,6 +393,28 @@ def timed_run(
     return timed_config(run_dir, model_dir, sequence, batch, steps, logging_steps, **changes)
 
 
+WORK = Path("/tmp/lowres_gpu_perf")  # --work's default: built models and run folders
+
+
+def diagnosis_run(shape: str, name: str, steps: int, row_steps: int | None = None) -> Any:
+    """timed_run for a script in benchmarks/diagnose/: the default path (backend, Liger and
+    optimizer on auto) on the model `--build` made, the carried .gpu/ data and tokenizer, a run
+    folder per `name`, a log line every 4 steps."""
+    return timed_run(
+        WORK / "runs" / name,
+        WORK / "models" / shape,
+        ".gpu/data",
+        ".gpu/tokenizer",
+        shape,
+        steps,
+        4,
+        row_steps,
+        backend="auto",
+        liger="auto",
+        optim="auto",
+    )
+
+
 def profiler_callback(args: argparse.Namespace, first_step: int) -> Any:
     """A trainer callback that profiles args.profile steps from `first_step` on."""
     from transformers import TrainerCallback
@@ -669,7 +692,8 @@ def versions() -> dict[str, str | None]:
 
 # Lines in a case's output that change what it measured: Unsloth falls back to uncompiled decoder
 # layers after `block compile failed (RuntimeError: dictionary changed size during iteration)`,
-# which happened in 4 of 12 Unsloth processes at 49d1c45 (docs/performance.md).
+# which happened in 4 of 12 Unsloth processes at 49d1c45 (docs/performance.md); its cause, a
+# traced read of sys.modules, is settled at load since 738999a, and the check stays to show it.
 CAVEATS = ("compile failed",)
 
 
@@ -814,7 +838,7 @@ def main() -> None:
         "--profile", type=int, default=0, help="profile N steps after the measured ones"
     )
     parser.add_argument("--profile-dir", help="where the Chrome traces (gzip) go")
-    parser.add_argument("--work", default="/tmp/lowres_gpu_perf")
+    parser.add_argument("--work", default=str(WORK))
     parser.add_argument("--timeout", type=int, default=420, help="seconds per case")
     parser.add_argument(
         "--repeats",

@@ -21,23 +21,9 @@ import torch  # noqa: E402
 
 shape = sys.argv[1]
 loader = os.environ.get("LOADER", "loop")
-work = Path("/tmp/lowres_gpu_perf")
 sequence, batch = g.SHAPE_BATCHES[shape]
-model_dir = work / "models" / shape
-run_dir = work / "runs" / f"order_{loader}"
-steps = 16
-config = g.timed_run(
-    run_dir,
-    model_dir,
-    ".gpu/data",
-    ".gpu/tokenizer",
-    shape,
-    steps,
-    4,
-    backend="auto",
-    liger="auto",
-    optim="auto",
-)
+config = g.diagnosis_run(shape, f"order_{loader}", 16)
+model_dir = Path(config.model_name)
 
 from lowres_ft.backends import choose_backend, detect_hardware, get_backend  # noqa: E402
 from lowres_ft.models import load_tokenizer  # noqa: E402

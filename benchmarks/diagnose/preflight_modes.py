@@ -15,22 +15,10 @@ import gpu_perf as g  # noqa: E402
 from lowres_ft.train import preflight, read_metrics, run_training, setup_training  # noqa: E402
 
 shape, mode = sys.argv[1], sys.argv[2]
-work = Path("/tmp/lowres_gpu_perf")
 sequence, batch = g.SHAPE_BATCHES[shape]
-run_dir = work / "runs" / f"pf_{mode}"
 steps = 16
-config = g.timed_run(
-    run_dir,
-    work / "models" / shape,
-    ".gpu/data",
-    ".gpu/tokenizer",
-    shape,
-    steps,
-    4,
-    backend="auto",
-    liger="auto",
-    optim="auto",
-)
+config = g.diagnosis_run(shape, f"pf_{mode}", steps)
+run_dir = Path(config.run_dir)
 setup = setup_training(config)
 layers = setup.trainer.model.get_base_model().model.layers
 

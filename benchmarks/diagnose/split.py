@@ -19,22 +19,9 @@ from lowres_ft.backends import get_backend  # noqa: E402
 from lowres_ft.train import preflight, read_metrics, run_training, setup_training  # noqa: E402
 
 shape = sys.argv[1]
-work = Path("/tmp/lowres_gpu_perf")
 sequence, batch = g.SHAPE_BATCHES[shape]
-run_dir = work / "runs" / "split"
-config = g.timed_run(
-    run_dir,
-    work / "models" / shape,
-    ".gpu/data",
-    ".gpu/tokenizer",
-    shape,
-    12,
-    4,
-    row_steps=40,
-    backend="auto",
-    liger="auto",
-    optim="auto",
-)
+config = g.diagnosis_run(shape, "split", 12, row_steps=40)
+run_dir = Path(config.run_dir)
 setup = setup_training(config)
 check = preflight(setup)
 run_training(setup, check)
