@@ -1,6 +1,8 @@
 """GPU training speed and memory per path, on random-weight Llama shapes (speed and memory do not
-depend on the weights' values). QLoRA r=16 on all linear layers, gradient checkpointing on; one
-step = forward + backward + optimizer update on the LoRA weights.
+depend on the weights' values). QLoRA r=16 on all linear layers, gradient checkpointing on,
+except on the toolkit's HF path, whose gradient_checkpointing='auto' checkpoints only as many
+layers as the card needs (`:gradient_checkpointing=on` checkpoints all); one step = forward +
+backward + optimizer update on the LoRA weights.
 
 Paths:
   toolkit             the toolkit's default GPU path, through the notebooks' own calls
@@ -17,7 +19,8 @@ A path may carry settings after a colon, e.g. `toolkit-hf:gradient_checkpointing
 `toolkit:dataloader_num_workers=2`: RunConfig fields go to the config, other names to the
 trainer's arguments, so one run can measure a change against the path without it.
 `liger_rope=True` brings back Liger's RoPE inside compiled layers (the toolkit leaves it out
-there: `train.liger_kernel_config`).
+there: `train.liger_kernel_config`). `card_gib=15` has the pre-flight size the run for a card
+of that many GiB (a T4's 15 on the H200), which is what gradient_checkpointing='auto' decides by.
 
 With `--profile N`, N more steps after the measured ones run under torch.profiler: the JSON gets
 the GPU's busy share of that window, the largest gaps between kernels, the top kernels and the
@@ -474,6 +477,13 @@ def run_toolkit(
         import lowres_ft.train
 
         lowres_ft.train.liger_kernel_config = lambda compiled_layers: None
+    hardware = None
+    if "card_gib" in trainer_changes:
+        from dataclasses import replace
+
+        from lowres_ft.backends import detect_hardware
+
+        hardware = replace(detect_hardware(), memory_gib=float(trainer_changes.pop("card_gib")))
     logging_steps = config_changes.pop("logging_steps", args.logging_steps)
     config = timed_run(
         run_dir,
@@ -485,7 +495,7 @@ def run_toolkit(
         logging_steps,
         **{"backend": backend, "liger": liger, "optim": optim, **config_changes},
     )
-    setup = setup_training(config)
+    setup = setup_training(config, hardware)
     for name, value in trainer_changes.items():
         setattr(setup.trainer.args, name, value)
     profiler = None
@@ -524,7 +534,8 @@ def run_toolkit(
         "liger": bool(trainer.args.use_liger_kernel),
         "optim": str(trainer.args.optim),
         "lora_dropout": config.lora_dropout,
-        "gradient_checkpointing": config.gradient_checkpointing,
+        "gradient_checkpointing": setup.checkpointing or config.gradient_checkpointing,
+        "card_gib": setup.hardware.memory_gib,
         "settings": args.settings,
         **pauses.summary(args.steps),
         **({"profile": profiler.summary} if profiler else {}),

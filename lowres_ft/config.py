@@ -23,7 +23,7 @@ DEDUP_MODES = ("none", "exact", "near")
 UNSAFE_PRESETS = ("none", "sensitive")
 BACKENDS = ("auto", "unsloth", "hf", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-SWITCH = ("auto", "on", "off")  # packing, liger, compile_layers
+SWITCH = ("auto", "on", "off")  # packing, gradient_checkpointing, liger, compile_layers
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant")
 OPTIMIZERS = (
     "auto",
@@ -96,7 +96,7 @@ class RunConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping
     packing: str = "auto"  # auto | on | off (auto: padding-free where rows leave room; GPU only)
-    gradient_checkpointing: bool = True  # recompute activations: much less memory, ~30% slower
+    gradient_checkpointing: str = "auto"  # auto | on | off (auto: as many layers as the card needs)
     liger: str = "auto"  # auto | on | off: Liger kernels (loss without full logits) off Unsloth
     compile_layers: str = "auto"  # auto | on | off: torch.compile each decoder layer (HF on a GPU)
     optim: str = "auto"  # auto (paged 8-bit AdamW on 16 GB fp16 cards, fused AdamW on bf16 GPUs)
@@ -156,7 +156,9 @@ class RunConfig:
             raise ConfigError(f"max_rows={self.max_rows}: use 0 for all rows or a positive limit.")
         _one_of("backend", self.backend, BACKENDS)
         _one_of("precision", self.precision, PRECISIONS)
-        for name in ("packing", "liger", "compile_layers"):
+        if isinstance(self.gradient_checkpointing, bool):  # config.json and recipes before "auto"
+            self.gradient_checkpointing = "on" if self.gradient_checkpointing else "off"
+        for name in ("packing", "gradient_checkpointing", "liger", "compile_layers"):
             _one_of(name, getattr(self, name), SWITCH)
         _one_of("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
         _one_of("optim", self.optim, OPTIMIZERS)

@@ -31,6 +31,7 @@ def test_loading_a_missing_run_folder_says_which_notebook_to_run(tmp_path):
         ("min_script_ratio", 2.0, r"\[0, 1\]"),
         ("data_format", "xlsx", "text, csv"),
         ("max_chars", 1, "min_chars < max_chars"),
+        ("gradient_checkpointing", "sometimes", "auto, on, off"),
     ],
 )
 def test_bad_values_name_the_field_and_the_fix(field, value, message):
@@ -50,3 +51,17 @@ def test_make_config_takes_notebook_globals_and_ignores_the_rest():
 def test_unknown_fields_are_rejected_with_the_known_ones_listed():
     with pytest.raises(ConfigError, match="Known fields"):
         RunConfig.from_dict({"lenguage": "as"})
+
+
+def test_run_folders_saved_with_a_yes_or_no_checkpointing_still_load(tmp_path):
+    """gradient_checkpointing was a bool before 'auto': old config.json files and recipes hold
+    true or false, which mean 'on' and 'off'."""
+    RunConfig(run_dir=str(tmp_path)).save()
+    path = tmp_path / "config.json"
+    path.write_text(
+        path.read_text().replace(
+            '"gradient_checkpointing": "auto"', '"gradient_checkpointing": false'
+        )
+    )
+    assert RunConfig.load(tmp_path).gradient_checkpointing == "off"
+    assert RunConfig(gradient_checkpointing=True).gradient_checkpointing == "on"

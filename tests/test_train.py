@@ -35,7 +35,9 @@ from lowres_ft.train import (
     preflight,
     read_metrics,
     run_training,
+    set_gradient_checkpointing,
     setup_training,
+    sparsest_checkpointing,
     train,
     use_compiled_layers,
     use_liger,
@@ -207,6 +209,42 @@ def test_preflight_steps_in_training_mode_whatever_mode_it_finds(prepared_run, t
     setup.model.eval()
     preflight(setup)
     assert modes == [True] and setup.model.training
+
+
+def test_sparsest_checkpointing_that_fits_is_chosen_from_the_two_measured_peaks():
+    # Llama-3.2-1B, 4 x 2,048 tokens, on an H200: 12.25 GiB predicted without checkpointing,
+    # 2.45 with all 16 layers checkpointed, so each checkpointed layer frees about 0.61 GiB.
+    assert sparsest_checkpointing(16, 12.25, 2.45, usable=12.0) == 16  # one layer is enough
+    assert sparsest_checkpointing(16, 12.25, 2.45, usable=8.0) == 2  # 8 of 16: 7.35 GiB
+    assert sparsest_checkpointing(16, 12.25, 2.45, usable=3.0) == 1  # 15 layers would not do
+    assert sparsest_checkpointing(16, math.inf, 2.45, usable=8.0) == 1  # no peak to go by
+
+
+@pytest.mark.parametrize(("every_n_layers", "forwards"), [(0, [1, 1]), (1, [2, 2]), (2, [2, 1])])
+def test_the_layers_checkpointing_is_set_on_recompute_their_forward_in_training(
+    prepared_run, tmp_path, every_n_layers, forwards
+):
+    """The pre-flight sets checkpointing per layer after the trainer is built; train(), which
+    enables checkpointing from its arguments, must keep that choice: in one training step only
+    the checkpointed layers run their forward twice."""
+    from lowres_ft.backends.hf import decoder_layers
+
+    config = run_copy(prepared_run, tmp_path / "run", batch_size=2, max_steps=1)
+    setup = setup_training(config)
+    layers = decoder_layers(setup.model)
+    calls = [0] * len(layers)
+
+    def count(index):
+        def hook(module, args, kwargs):
+            calls[index] += module.training  # the evaluation before step 1 does not count
+
+        return hook
+
+    for index, layer in enumerate(layers):
+        layer.register_forward_pre_hook(count(index), with_kwargs=True)
+    set_gradient_checkpointing(setup, every_n_layers)
+    setup.trainer.train()
+    assert calls == forwards
 
 
 def test_nan_guard_stops_without_saving_the_bad_state():

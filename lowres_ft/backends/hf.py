@@ -42,7 +42,7 @@ class HFBackend:
         if choice.load_in_4bit:
             model = prepare_model_for_kbit_training(
                 model,
-                use_gradient_checkpointing=config.gradient_checkpointing,
+                use_gradient_checkpointing=config.gradient_checkpointing != "off",
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
             if choice.precision == "bf16":
@@ -86,13 +86,19 @@ def compile_decoder_layers(model: Any) -> int:
     Gradient checkpointing wraps the compiled layer as it wrapped the plain one. A layer that
     fails to compile runs as before (with a warning) rather than stopping the run."""
     import torch._dynamo
-    from transformers.modeling_layers import GradientCheckpointingLayer
 
     torch._dynamo.config.suppress_errors = True
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = decoder_layers(model)
     for layer in layers:
         layer.compile()
     return len(layers)
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The repeated blocks that gradient checkpointing and compiling work on, in order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
 def uncompile_decoder_layers(model: Any) -> None:

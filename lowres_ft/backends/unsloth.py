@@ -37,7 +37,7 @@ class UnslothBackend:
             lora_dropout=config.lora_dropout,
             target_modules=LLAMA_LINEAR if modules == "all-linear" else modules,
             bias="none",
-            use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
+            use_gradient_checkpointing=config.gradient_checkpointing != "off" and "unsloth",
             random_state=config.seed,
             use_rslora=config.use_rslora,
             max_seq_length=config.max_seq_length,
