@@ -24,11 +24,14 @@ from lowres_ft.cli import data_parallel_command
 from lowres_ft.config import ConfigError, RunConfig
 from lowres_ft.data.format import tokenize_for_training
 from lowres_ft.train import (
+    USABLE_SHARE,
+    Preflight,
     TrainingError,
     _worst_case_batch,
     adapter_dtypes,
     check_stop_contract,
     choose_optimizer,
+    fit_checkpointing,
     keep_adapters_in_fp32,
     latest_checkpoint,
     liger_kernel_config,
@@ -218,6 +221,42 @@ def test_sparsest_checkpointing_that_fits_is_chosen_from_the_two_measured_peaks(
     assert sparsest_checkpointing(16, 12.25, 2.45, usable=8.0) == 2  # 8 of 16: 7.35 GiB
     assert sparsest_checkpointing(16, 12.25, 2.45, usable=3.0) == 1  # 15 layers would not do
     assert sparsest_checkpointing(16, math.inf, 2.45, usable=8.0) == 1  # no peak to go by
+
+
+@pytest.mark.parametrize(
+    ("peaks", "usable", "chosen", "flags"),
+    [
+        ([12, 8, 4], 13.0, "off", [False, False]),
+        ([12, 8, 4], 8.0, "1 of 2 layers, one in 2", [True, False]),
+        ([12, 8, 4], 5.0, "all 2 layers", [True, True]),
+        ([12, 9, 4], 8.0, "all 2 layers", [True, True]),  # one layer predicted to fit, does not
+    ],
+)
+def test_auto_checkpointing_keeps_the_fewest_checkpointed_layers_that_fit(
+    prepared_run, tmp_path, monkeypatch, peaks, usable, chosen, flags
+):
+    """The search of gradient_checkpointing='auto' on a real model and trainer, with the GPU's
+    measured peak stood in for (there is no GPU here): `peaks[k]` GiB with k layers
+    checkpointed. It must end with the layers and the trainer's arguments as it says."""
+    import lowres_ft.train as train_module
+    from lowres_ft.backends.hf import decoder_layers
+
+    setup = setup_training(run_copy(prepared_run, tmp_path / "run", batch_size=2))
+    layers = decoder_layers(setup.model)
+
+    def peak_of_the_checkpointed_layers(setup, batch, accumulation):
+        peak = peaks[sum(layer.gradient_checkpointing for layer in layers)]
+        card = usable / USABLE_SHARE
+        return Preflight(
+            batch, accumulation, 128, peak, 1, 0, peak, card, usable, peak <= usable, 0, ""
+        )
+
+    monkeypatch.setattr(train_module, "_measure", peak_of_the_checkpointed_layers)
+    result = fit_checkpointing(setup, 2, 1)
+    assert result.fits and result.gradient_checkpointing.startswith(chosen)
+    assert setup.checkpointing == result.gradient_checkpointing
+    assert [layer.gradient_checkpointing for layer in layers] == flags
+    assert setup.trainer.args.gradient_checkpointing == any(flags)
 
 
 @pytest.mark.parametrize(("every_n_layers", "forwards"), [(0, [1, 1]), (1, [2, 2]), (2, [2, 1])])
