@@ -504,7 +504,9 @@ def run_toolkit(
         setup.trainer.add_callback(window)
     pauses = GcPauses()
     setup.trainer.add_callback(gc_window(pauses, args.warmup, timed))
+    started = time.perf_counter()
     check = preflight(setup)
+    preflight_seconds = time.perf_counter() - started
     with pauses:
         run_training(setup, check)
     metrics = [
@@ -528,6 +530,7 @@ def run_toolkit(
         "predicted_peak_gib": check.predicted_peak_gib,
         "preflight_train_peak_gib": check.train_peak_gib,
         "preflight_eval_peak_gib": check.eval_peak_gib,
+        "preflight_seconds": round(preflight_seconds, 1),
         "losses": [m["loss"] for m in metrics],
         "choice": str(setup.choice),
         "packing": setup.packing,

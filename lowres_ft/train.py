@@ -7,6 +7,7 @@ The stages are separate calls so the notebook can show each one; `train(config)`
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -596,12 +597,16 @@ def _measure(setup: TrainingSetup, batch: int, accumulation: int) -> Preflight:
             )
             eval_peak = torch.cuda.max_memory_allocated() / GIB if on_gpu else 0.0
     except torch.OutOfMemoryError:
-        model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
         train_peak = eval_peak = float("inf")
         step_seconds = float("nan")
     finally:
         backend.for_training(model)
+    if math.isinf(train_peak):
+        # Out here, not in the except block: there the traceback's frames still hold the step's
+        # tensors, and the next measurement (auto checkpointing, auto_batch) would count them.
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        torch.cuda.empty_cache()
     optimizer = _optimizer_bytes(setup) / GIB  # already inside train_peak, shown for reference
     card = setup.hardware.memory_gib
     usable = card * USABLE_SHARE
