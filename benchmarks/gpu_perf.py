@@ -537,7 +537,7 @@ def run_toolkit(
         "liger": bool(trainer.args.use_liger_kernel),
         "optim": str(trainer.args.optim),
         "lora_dropout": config.lora_dropout,
-        "gradient_checkpointing": setup.checkpointing or config.gradient_checkpointing,
+        "gradient_checkpointing": setup.checkpointing,
         "card_gib": setup.hardware.memory_gib,
         "settings": args.settings,
         **pauses.summary(args.steps),

@@ -109,7 +109,7 @@ class TrainingSetup:
     footprint: dict[str, float] = field(default_factory=dict)
     stop_contract: dict[str, Any] = field(default_factory=dict)
     compiled_layers: int = 0
-    checkpointing: str = ""  # which layers recompute their forward, when the pre-flight chose
+    checkpointing: str = ""  # the config's setting, or what the pre-flight chose for 'auto'
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -317,6 +317,7 @@ def setup_training(config: RunConfig, hardware: Hardware | None = None) -> Train
         model_footprint(trainer.model),
         contract,
         compiled,
+        config.gradient_checkpointing,
     )
     from lowres_ft.callbacks import MetricsCallback, NanGuard, TimedCheckpoints
 
@@ -816,7 +817,7 @@ def save_results(setup: TrainingSetup, seconds: float) -> TrainResult:
         "hardware": str(setup.hardware),
         "footprint": setup.footprint,
         "stop_contract": setup.stop_contract,
-        "gradient_checkpointing": setup.checkpointing or setup.config.gradient_checkpointing,
+        "gradient_checkpointing": setup.checkpointing,
         "memory": [m.to_json() for m in setup.memory],
         "train_losses": train_losses,
         "eval_losses": eval_losses,
