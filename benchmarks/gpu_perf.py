@@ -16,11 +16,17 @@ Paths:
                       in the same bare loop as plain-hf
 
 A path may carry settings after a colon, e.g. `toolkit-hf:gradient_checkpointing=False` or
-`toolkit:dataloader_num_workers=2`: RunConfig fields go to the config, other names to the
-trainer's arguments, so one run can measure a change against the path without it.
-`liger_rope=True` brings back Liger's RoPE inside compiled layers (the toolkit leaves it out
-there: `train.liger_kernel_config`). `card_gib=15` has the pre-flight size the run for a card
-of that many GiB (a T4's 15 on the H200), which is what gradient_checkpointing='auto' decides by.
+`toolkit:dataloader_num_workers=2`, several in one path with the paths split by semicolons
+(`--paths "plain-hf;toolkit-hf:gradient_checkpointing=off,memory_budget=0.3"`): RunConfig fields
+go to the config, other names to the trainer's arguments, so one run can measure a change against
+the path without it. Inside compiled layers the toolkit uses none of Liger's kernels
+(`train.liger_kernel_config`): `liger_layers=True` brings back its RMSNorm and SwiGLU (the code
+before session 10), `liger_rope=True` its RoPE as well (before 49d1c45). `memory_budget=0.3`
+sets the share of their activations compiled layers keep for the backward
+(`backends.hf.set_recompute_budget`), as gradient_checkpointing='auto' may choose; use it with
+`gradient_checkpointing=off`, which leaves it as set. `card_gib=15` has the pre-flight size the
+run for a card of that many GiB (a T4's 15 on the H200), which is what
+gradient_checkpointing='auto' decides by.
 
 With `--profile N`, N more steps after the measured ones run under torch.profiler: the JSON gets
 the GPU's busy share of that window, the largest gaps between kernels, the top kernels and the
@@ -143,6 +149,12 @@ def parse_path(spec: str) -> tuple[str, dict[str, Any]]:
         except (ValueError, SyntaxError):
             settings[name] = text
     return path, settings
+
+
+def split_paths(text: str) -> list[str]:
+    """'a,b:x=1' -> ['a', 'b:x=1']; with a semicolon anywhere, paths are split on semicolons,
+    so that one path can carry several settings: 'a;b:x=1,y=2'."""
+    return [p for p in text.split(";" if ";" in text else ",") if p]
 
 
 def split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -473,10 +485,14 @@ def run_toolkit(
     model_dir = Path(args.work) / "models" / args.shape
     run_dir = Path(args.work) / "runs" / case_name(args)
     config_changes, trainer_changes = split_settings(args.settings)
-    if trainer_changes.pop("liger_rope", False):
+    liger_rope = trainer_changes.pop("liger_rope", False)
+    liger_layers = trainer_changes.pop("liger_layers", False)
+    if liger_rope or liger_layers:
         import lowres_ft.train
 
-        lowres_ft.train.liger_kernel_config = lambda compiled_layers: None
+        kernels = None if liger_rope else {"rope": False}
+        lowres_ft.train.liger_kernel_config = lambda compiled_layers: kernels
+    budget = trainer_changes.pop("memory_budget", None)
     hardware = None
     if "card_gib" in trainer_changes:
         from dataclasses import replace
@@ -496,6 +512,10 @@ def run_toolkit(
         **{"backend": backend, "liger": liger, "optim": optim, **config_changes},
     )
     setup = setup_training(config, hardware)
+    if budget is not None:  # after setup: compiling the layers sets torch's default
+        from lowres_ft.backends.hf import set_recompute_budget
+
+        set_recompute_budget(float(budget))
     for name, value in trainer_changes.items():
         setattr(setup.trainer.args, name, value)
     profiler = None
@@ -898,7 +918,7 @@ def main() -> None:
             continue
         print(f"{shape}: model ready in {time.perf_counter() - started:.0f} s", flush=True)
         for repeat in range(args.repeats):
-            for path in repeat_order(args.paths.split(","), repeat):
+            for path in repeat_order(split_paths(args.paths), repeat):
                 started = time.perf_counter()
                 result, error = child(args, "--one", shape, path, timeout=args.timeout)
                 seconds = round(time.perf_counter() - started, 1)

@@ -37,6 +37,7 @@ from lowres_ft.train import (
     liger_kernel_config,
     preflight,
     read_metrics,
+    recompute_budget,
     run_training,
     set_gradient_checkpointing,
     setup_training,
@@ -223,29 +224,65 @@ def test_sparsest_checkpointing_that_fits_is_chosen_from_the_two_measured_peaks(
     assert sparsest_checkpointing(16, math.inf, 2.45, usable=8.0) == 1  # no peak to go by
 
 
+def test_recompute_budget_follows_the_line_between_the_measured_peaks_within_limits():
+    # Llama-3.1-8B, 2 x 2,048 tokens: 23.2 GiB with nothing recomputed, 7.4 with every layer
+    assert recompute_budget(23.2, 7.4, usable=14.25) == 0.35  # a T4: 12.7 GiB measured at 0.3
+    assert recompute_budget(23.2, 7.4, usable=22.0) == 0.5  # little to save: at most 0.5
+    assert recompute_budget(23.2, 7.4, usable=8.0) == 0.15  # much to save: at least 0.15
+    assert recompute_budget(math.inf, 7.4, usable=14.25) == 0.15  # out of memory without
+
+
+@pytest.fixture
+def recompute_budget_put_back():
+    """torch.compile's activation budget is process-wide: back to its value after the test."""
+    import torch._functorch.config as functorch_config
+
+    with functorch_config.patch(activation_memory_budget=1.0):
+        yield functorch_config
+
+
 @pytest.mark.parametrize(
-    ("peaks", "usable", "chosen", "flags"),
+    ("peaks", "usable", "compiled", "lean", "chosen", "flags", "budget"),
     [
-        ([12, 8, 4], 13.0, "off", [False, False]),
-        ([12, 8, 4], 8.0, "1 of 2 layers, one in 2", [True, False]),
-        ([12, 8, 4], 5.0, "all 2 layers", [True, True]),
-        ([12, 9, 4], 8.0, "all 2 layers", [True, True]),  # one layer predicted to fit, does not
+        ([12, 8, 4], 13.0, 0, None, "off", [False, False], 1.0),
+        ([12, 8, 4], 8.0, 0, None, "1 of 2 layers, one in 2", [True, False], 1.0),
+        ([12, 8, 4], 5.0, 0, None, "all 2 layers", [True, True], 1.0),
+        ([12, 9, 4], 8.0, 0, None, "all 2 layers", [True, True], 1.0),  # 1 predicted to fit
+        ([12, 8, 4], 8.0, 2, 7.0, "off; the compiled layers keep 40%", [False, False], 0.4),
+        ([12, 8, 4], 5.0, 2, 4.5, "off; the compiled layers keep 15%", [False, False], 0.15),
+        ([12, 8, 4], 8.0, 2, 9.0, "all 2 layers", [True, True], 1.0),  # the lean run does not fit
     ],
 )
-def test_auto_checkpointing_keeps_the_fewest_checkpointed_layers_that_fit(
-    prepared_run, tmp_path, monkeypatch, peaks, usable, chosen, flags
+def test_auto_checkpointing_recomputes_the_least_that_fits(
+    prepared_run,
+    tmp_path,
+    monkeypatch,
+    recompute_budget_put_back,
+    peaks,
+    usable,
+    compiled,
+    lean,
+    chosen,
+    flags,
+    budget,
 ):
     """The search of gradient_checkpointing='auto' on a real model and trainer, with the GPU's
     measured peak stood in for (there is no GPU here): `peaks[k]` GiB with k layers
-    checkpointed. It must end with the layers and the trainer's arguments as it says."""
+    checkpointed, `lean` GiB with none and compiled layers keeping less than all their
+    activations. It must end with the layers, the trainer's arguments and torch.compile's
+    activation budget as it says."""
     import lowres_ft.train as train_module
     from lowres_ft.backends.hf import decoder_layers
 
+    functorch_config = recompute_budget_put_back
     setup = setup_training(run_copy(prepared_run, tmp_path / "run", batch_size=2))
+    setup.compiled_layers = compiled  # the decision only; these layers stay eager
     layers = decoder_layers(setup.model)
 
     def peak_of_the_checkpointed_layers(setup, batch, accumulation):
         peak = peaks[sum(layer.gradient_checkpointing for layer in layers)]
+        if functorch_config.activation_memory_budget < 1.0:
+            peak = lean
         card = usable / USABLE_SHARE
         return Preflight(
             batch, accumulation, 128, peak, 1, 0, peak, card, usable, peak <= usable, 0, ""
@@ -257,6 +294,7 @@ def test_auto_checkpointing_keeps_the_fewest_checkpointed_layers_that_fit(
     assert setup.checkpointing == result.gradient_checkpointing
     assert [layer.gradient_checkpointing for layer in layers] == flags
     assert setup.trainer.args.gradient_checkpointing == any(flags)
+    assert functorch_config.activation_memory_budget == budget
 
 
 @pytest.mark.parametrize(("every_n_layers", "forwards"), [(0, [1, 1]), (1, [2, 2]), (2, [2, 1])])
@@ -436,9 +474,12 @@ def test_liger_kernels_are_used_only_on_the_transformers_gpu_backend():
         assert use_liger(RunConfig(), hf)
 
 
-def test_liger_rope_is_left_to_inductor_inside_compiled_layers():
-    """Liger 0.8's RoPE runs through a compiler-disabled dispatcher: a graph break per layer."""
-    assert liger_kernel_config(compiled_layers=True) == {"rope": False}
+def test_compiled_layers_leave_norms_swiglu_and_rope_to_inductor_and_keep_the_fused_loss():
+    """Liger 0.8's RoPE runs through a compiler-disabled dispatcher (a graph break per layer), and
+    its RMSNorm and SwiGLU save tensors the partitioner cannot recompute; its loss stays on."""
+    kernels = liger_kernel_config(compiled_layers=True)
+    assert kernels == {"rope": False, "rms_norm": False, "swiglu": False}
+    assert "fused_linear_cross_entropy" not in kernels  # Liger's default: on
     assert liger_kernel_config(compiled_layers=False) is None
 
 
@@ -631,6 +672,51 @@ def test_compiled_layers_train_as_the_plain_ones_and_go_back_to_eager(tiny_model
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads, strict=True))
     uncompile_decoder_layers(compiled)
     assert all(getattr(m, "_compiled_call_impl", None) is None for m in compiled.modules())
+
+
+def test_a_recompute_budget_has_compiled_layers_keep_less_for_the_backward_same_gradients(
+    tiny_model,
+):
+    """set_recompute_budget reaches layers that were compiled already: they recompile, keep less
+    of their activations for the backward (counted as autograd saves them) and give the same
+    gradients; torch's default afterwards keeps everything again."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lowres_ft.backends.hf import compile_decoder_layers, set_recompute_budget
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.enable_input_require_grads()
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(model, lora).train()
+    compile_decoder_layers(model)
+    ids = torch.randint(0, 1000, (2, 64), generator=torch.manual_seed(1))
+
+    def saved_bytes_and_gradients() -> tuple[int, list]:
+        sizes = []
+
+        def keep(tensor):
+            sizes.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        model.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return sum(sizes), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    try:
+        kept, gradients = saved_bytes_and_gradients()
+        set_recompute_budget(0.3)
+        lean, lean_gradients = saved_bytes_and_gradients()
+    finally:
+        set_recompute_budget(1.0)
+    again, _ = saved_bytes_and_gradients()
+    assert lean < 0.8 * kept and again == kept
+    assert all(
+        torch.allclose(a, b, atol=1e-5) for a, b in zip(gradients, lean_gradients, strict=True)
+    )
 
 
 def test_unsloth_qat_lookup_is_settled_only_while_torchao_qat_is_not_loaded(monkeypatch):
