@@ -96,7 +96,7 @@ class RunConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping
     packing: str = "auto"  # auto | on | off (auto: padding-free where rows leave room; GPU only)
-    gradient_checkpointing: str = "auto"  # auto | on | off (auto: as many layers as the card needs)
+    gradient_checkpointing: str = "auto"  # auto | on | off (auto: recompute what the card needs)
     liger: str = "auto"  # auto | on | off: Liger kernels (loss without full logits) off Unsloth
     compile_layers: str = "auto"  # auto | on | off: torch.compile each decoder layer (HF on a GPU)
     optim: str = "auto"  # auto (paged 8-bit AdamW on 16 GB fp16 cards, fused AdamW on bf16 GPUs)

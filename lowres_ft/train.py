@@ -152,8 +152,9 @@ def use_packing(
 
 def use_liger(config: RunConfig, choice: BackendChoice) -> bool:
     """Liger's Triton kernels (a cross-entropy fused with the output layer, so the 128k-vocabulary
-    logits are never held; RMSNorm, SwiGLU, RoPE) on the transformers GPU backend. Unsloth has its
-    own, and Triton needs a GPU."""
+    logits are never held; RMSNorm, SwiGLU, RoPE where the layers are not compiled:
+    `liger_kernel_config`) on the transformers GPU backend. Unsloth has its own, and Triton needs
+    a GPU."""
     if config.liger == "off" or choice.name != "hf":
         if config.liger == "on" and choice.name == "cpu":
             raise ConfigError("liger='on' needs a CUDA GPU (Triton kernels); use 'auto' or 'off'.")
@@ -511,7 +512,7 @@ def fit_checkpointing(setup: TrainingSetup, batch: int, accumulation: int) -> Pr
     same memory: if checkpointing one layer in three or fewer is predicted to fit, that is the
     cheapest, and it is measured. Otherwise compiled layers keep only part of their activations
     and recompute the rest (`recompute_budget`): at 8B, 2 x 2,048 tokens, that peaked at 10.3
-    GiB for 20% of the speed, against 7.4 GiB for 35% with every layer checkpointed. Falls back
+    GiB for 20% of the speed, against 7.7 GiB for 28% with every layer checkpointed. Falls back
     to every layer whenever a measurement says no."""
     from lowres_ft.backends.hf import decoder_layers, set_recompute_budget
 
@@ -563,8 +564,8 @@ def recompute_budget(without: float, every_layer: float, usable: float) -> float
     `without` GiB with nothing recomputed and `every_layer` GiB with every layer checkpointed.
     The peak moved about linearly between the two: measured at 8B (23.2 and 7.4 GiB), 15.3 at
     0.5, 12.7 at 0.3 and 10.3 at 0.15, against 15.3, 12.1 and 9.8 by the line. So the line's
-    share for `usable`, less a fifth for its error, between 0.15 (the least measured; lower
-    recomputes more matmuls) and 0.5 (above it checkpointing a few layers costs less)."""
+    share for `usable`, less a fifth for its error, kept between the least and the most measured
+    (0.15 and 0.5, which ran at the same speed at 8B)."""
     if not math.isfinite(without) or without <= every_layer:
         return 0.15
     share = 0.8 * (usable - every_layer) / (without - every_layer)

@@ -101,7 +101,7 @@ def set_recompute_budget(budget: float) -> None:
     (`torch._functorch.config.activation_memory_budget`; 1.0, torch's default, keeps all). A
     finer trade than checkpointing whole layers: at Llama-3.1-8B, 2 x 2,048 tokens, on an H200,
     0.15 took the peak from 23.2 to 10.3 GiB for 20% of the speed, where checkpointing every
-    layer took it to 7.4 GiB for 35% (docs/performance.md). Layers take a new budget when they
+    layer took it to 7.7 GiB for 28% (docs/performance.md). Layers take a new budget when they
     next compile, so a change clears torch.compile's caches. Process-wide, like the compile."""
     import torch._dynamo
     import torch._functorch.config as functorch_config
