@@ -242,15 +242,17 @@ def recompute_budget_put_back():
 
 
 @pytest.mark.parametrize(
-    ("peaks", "usable", "compiled", "lean", "chosen", "flags", "budget"),
+    ("peaks", "usable", "compiled", "lean", "stride", "chosen", "flags", "budget"),
     [
-        ([12, 8, 4], 13.0, 0, None, "off", [False, False], 1.0),
-        ([12, 8, 4], 8.0, 0, None, "1 of 2 layers, one in 2", [True, False], 1.0),
-        ([12, 8, 4], 5.0, 0, None, "all 2 layers", [True, True], 1.0),
-        ([12, 9, 4], 8.0, 0, None, "all 2 layers", [True, True], 1.0),  # 1 predicted to fit
-        ([12, 8, 4], 8.0, 2, 7.0, "off; the compiled layers keep 40%", [False, False], 0.4),
-        ([12, 8, 4], 5.0, 2, 4.5, "off; the compiled layers keep 15%", [False, False], 0.15),
-        ([12, 8, 4], 8.0, 2, 9.0, "all 2 layers", [True, True], 1.0),  # the lean run does not fit
+        ([12, 8, 4], 13.0, 0, None, None, "off", [False, False], 1.0),
+        ([12, 8, 4], 8.0, 0, None, None, "1 of 2 layers, one in 2", [True, False], 1.0),
+        ([12, 8, 4], 5.0, 0, None, None, "all 2 layers", [True, True], 1.0),
+        ([12, 9, 4], 8.0, 0, None, None, "all 2 layers", [True, True], 1.0),  # 1 predicted to fit
+        ([12, 8, 4], 8.0, 2, 7.0, None, "off; the compiled layers keep 40%", [False, False], 0.4),
+        ([12, 8, 4], 5.0, 2, 4.5, None, "off; the compiled layers keep 15%", [False, False], 0.15),
+        ([12, 8, 4], 8.0, 2, 9.0, None, "all 2 layers", [True, True], 1.0),  # lean does not fit
+        # one layer in 3 or fewer predicted to fit: cheaper than a budget on compiled layers too
+        ([12, 8, 4], 8.0, 2, 7.0, 3, "1 of 2 layers, one in 3", [True, False], 1.0),
     ],
 )
 def test_auto_checkpointing_recomputes_the_least_that_fits(
@@ -262,6 +264,7 @@ def test_auto_checkpointing_recomputes_the_least_that_fits(
     usable,
     compiled,
     lean,
+    stride,
     chosen,
     flags,
     budget,
@@ -269,8 +272,9 @@ def test_auto_checkpointing_recomputes_the_least_that_fits(
     """The search of gradient_checkpointing='auto' on a real model and trainer, with the GPU's
     measured peak stood in for (there is no GPU here): `peaks[k]` GiB with k layers
     checkpointed, `lean` GiB with none and compiled layers keeping less than all their
-    activations. It must end with the layers, the trainer's arguments and torch.compile's
-    activation budget as it says."""
+    activations; `stride`, where given, stands in for the sparsest stride predicted to fit (on
+    two layers it can only be 2). It must end with the layers, the trainer's arguments and
+    torch.compile's activation budget as it says."""
     import lowres_ft.train as train_module
     from lowres_ft.backends.hf import decoder_layers
 
@@ -289,6 +293,8 @@ def test_auto_checkpointing_recomputes_the_least_that_fits(
         )
 
     monkeypatch.setattr(train_module, "_measure", peak_of_the_checkpointed_layers)
+    if stride:
+        monkeypatch.setattr(train_module, "sparsest_checkpointing", lambda *args: stride)
     result = fit_checkpointing(setup, 2, 1)
     assert result.fits and result.gradient_checkpointing.startswith(chosen)
     assert setup.checkpointing == result.gradient_checkpointing
