@@ -521,42 +521,46 @@ def fit_checkpointing(setup: TrainingSetup, batch: int, accumulation: int) -> Pr
     set_recompute_budget(1.0)
     without = _measure(setup, batch, accumulation)
     if without.fits:
-        chosen, note = without, f"off (the run fits without it: {_peak(without)})"
-    else:
-        set_gradient_checkpointing(setup, 1)
-        chosen = _measure(setup, batch, accumulation)
-        note = f"all {layers} layers ({_peak(without)} without)"
+        return _chosen(setup, without, f"off (the run fits without it: {_peak(without)})")
+    set_gradient_checkpointing(setup, 1)
+    every_layer = _measure(setup, batch, accumulation)
+    if every_layer.fits:
         every = sparsest_checkpointing(
-            layers, without.predicted_peak_gib, chosen.predicted_peak_gib, chosen.usable_gib
+            layers,
+            without.predicted_peak_gib,
+            every_layer.predicted_peak_gib,
+            every_layer.usable_gib,
         )
-        if chosen.fits and (every >= 3 or (every == 2 and not setup.compiled_layers)):
+        if every >= 3 or (every == 2 and not setup.compiled_layers):
             set_gradient_checkpointing(setup, every)
             partial = _measure(setup, batch, accumulation)
             if partial.fits:
                 count = math.ceil(layers / every)
-                chosen = partial
                 note = f"{count} of {layers} layers, one in {every} ({_peak(without)} without)"
-            else:
-                set_gradient_checkpointing(setup, 1)
-        elif chosen.fits and setup.compiled_layers:
+                return _chosen(setup, partial, note)
+        elif setup.compiled_layers:
             budget = recompute_budget(
-                without.predicted_peak_gib, chosen.predicted_peak_gib, chosen.usable_gib
+                without.predicted_peak_gib, every_layer.predicted_peak_gib, every_layer.usable_gib
             )
             set_gradient_checkpointing(setup, 0)
             set_recompute_budget(budget)
             lean = _measure(setup, batch, accumulation)
             if lean.fits:
-                chosen = lean
                 note = (
                     f"off; the compiled layers keep {budget:.0%} of their activations and "
                     f"recompute the rest ({_peak(lean)}; {_peak(without)} without)"
                 )
-            else:
-                set_recompute_budget(1.0)
-                set_gradient_checkpointing(setup, 1)
+                return _chosen(setup, lean, note)
+            set_recompute_budget(1.0)
+        set_gradient_checkpointing(setup, 1)  # back to every layer, which was measured to fit
+    return _chosen(setup, every_layer, f"all {layers} layers ({_peak(without)} without)")
+
+
+def _chosen(setup: TrainingSetup, result: Preflight, note: str) -> Preflight:
+    """Say what the pre-flight chose for gradient_checkpointing='auto', and keep it."""
     setup.checkpointing = note
     logger.info("gradient checkpointing: %s", note)
-    return replace(chosen, gradient_checkpointing=note)
+    return replace(result, gradient_checkpointing=note)
 
 
 def recompute_budget(without: float, every_layer: float, usable: float) -> float:
