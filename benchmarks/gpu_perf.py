@@ -1,8 +1,8 @@
 """GPU training speed and memory per path, on random-weight Llama shapes (speed and memory do not
 depend on the weights' values). QLoRA r=16 on all linear layers, gradient checkpointing on,
-except on the toolkit's HF path, whose gradient_checkpointing='auto' checkpoints only as many
-layers as the card needs (`:gradient_checkpointing=on` checkpoints all); one step = forward +
-backward + optimizer update on the LoRA weights.
+except on the toolkit's HF path, whose gradient_checkpointing='auto' recomputes only what the
+card needs: some layers, or part of each compiled layer (`:gradient_checkpointing=on`
+checkpoints all); one step = forward + backward + optimizer update on the LoRA weights.
 
 Paths:
   toolkit             the toolkit's default GPU path, through the notebooks' own calls
